@@ -1,0 +1,1 @@
+from hpelib._version import __version__
