@@ -80,7 +80,8 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Required keys must be in every sample. An optional key present in some samples is filled
     with its spec's default where missing and masked out. Unknown tensor keys are stacked if
-    every sample has them; other values (strings, ...) become lists.
+    every sample has them; a nested sample dict (e.g. the partner of a pair) becomes a nested
+    batch; other values (strings, ...) become lists.
     """
     if not samples:
         raise ValueError("collate_samples got an empty list of samples")
@@ -113,7 +114,10 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if key in known:
             continue
         values = [s.get(key) for s in samples]
-        if all(isinstance(v, Tensor) for v in values) and len({v.shape for v in values}) == 1:
+        if all(isinstance(v, dict) and "image" in v for v in values):
+            # A nested sample (the second image of a pair, a positive): a sub-batch.
+            batch[key] = collate_samples(values)
+        elif all(isinstance(v, Tensor) for v in values) and len({v.shape for v in values}) == 1:
             batch[key] = torch.stack(values)
         else:
             batch[key] = values

@@ -1,0 +1,261 @@
+"""``HPEDataModule``: one LightningDataModule for every method and dataset.
+
+Datasets are given per stage as *specs*, so a YAML config can name them:
+
+* ``{"name": "aflw2000", "root": "/data/AFLW2000", ...}`` -> the dataset registry
+  (:func:`hpelib.data.datasets.build_dataset`), extra keys are constructor arguments;
+* ``{"class_path": "hpelib.data.synthetic.SyntheticHeads", "init_args": {...}}``;
+* a ``torch.utils.data.Dataset`` instance (Python API).
+
+A train spec may carry ``weight`` (sampling weight of that dataset in a mix, OpNet-style); a
+list of train specs is concatenated. ``test`` may be a mapping ``{set_name: spec}`` (or a list
+of specs with an optional ``label`` key), one dataloader per set, and metrics are logged per
+set name.
+
+Items are uint8 on the CPU (:mod:`hpelib.data.sample`). After the batch reaches the training
+device, :meth:`HPEDataModule.on_after_batch_transfer` converts images to float, applies the
+batched augmentation (train only, labels transformed with the images) and normalises.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+
+from hpelib.data.sample import collate_samples
+
+__all__ = ["HPEDataModule", "build_dataset_from_spec", "NORMALIZATIONS"]
+
+#: Named input normalisations: (mean, std) per channel applied to images in [0, 1].
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+_SPEC_META_KEYS = ("weight", "label", "wrap")
+
+
+def _import_object(path: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"class_path {path!r} must be a dotted path like 'package.module.Class'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import class_path {path!r}: {err}") from err
+
+
+def build_dataset_from_spec(spec: Any) -> Dataset:
+    """Turn a dataset spec (see module docstring) into a Dataset."""
+    if isinstance(spec, Dataset):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"a dataset spec must be a Dataset or a mapping, got {type(spec).__name__}")
+    spec = {k: v for k, v in spec.items() if k not in _SPEC_META_KEYS}
+    if "class_path" in spec:
+        cls = _import_object(spec["class_path"])
+        return cls(**dict(spec.get("init_args") or {}))
+    if "name" in spec:
+        from hpelib.data.datasets import build_dataset
+
+        kwargs = dict(spec)
+        return build_dataset(kwargs.pop("name"), **kwargs)
+    raise ValueError(f"dataset spec {dict(spec)!r} needs a 'name' (registry) or a 'class_path'")
+
+
+def _spec_list(spec: Any) -> list[Any]:
+    if spec is None:
+        return []
+    if isinstance(spec, Sequence) and not isinstance(spec, str | bytes):
+        return list(spec)
+    return [spec]
+
+
+def _spec_label(spec: Any, dataset: Dataset, i: int) -> str:
+    if isinstance(spec, Mapping):
+        if spec.get("label"):
+            return str(spec["label"])
+        if "name" in spec:
+            return str(spec["name"])
+    return getattr(dataset, "name", None) or f"{type(dataset).__name__.lower()}{i}"
+
+
+class HPEDataModule(LightningDataModule):
+    """Datasets by spec, batched on-device augmentation, normalisation, DDP-ready loaders.
+
+    Args:
+        train, val, predict: dataset spec or list of specs.
+        test: spec, list of specs, or mapping ``{name: spec}`` (one metric group per set).
+        samples_per_epoch: draw this many training items per epoch with the specs' ``weight``
+            (with replacement); default: one pass over the concatenated datasets.
+        batch_size: training batch size (per process under DDP).
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        num_workers: DataLoader workers.
+        augmentation: name for :func:`hpelib.data.transforms.build_augmentation` (``"none"``,
+            ``"mirror"``, ``"clerf"``, ``"opnet"``) or an ``nn.Module`` batch transform.
+        normalize: ``"imagenet"``, ``"symmetric"`` (to [-1, 1]), ``"none"`` or ``[mean, std]``.
+        grayscale: convert images to one luminance channel repeated 3 times (OpNet).
+        seed: seed of the weighted sampler.
+    """
+
+    def __init__(
+        self,
+        train: Any = None,
+        val: Any = None,
+        test: Any = None,
+        predict: Any = None,
+        samples_per_epoch: int | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augmentation: str | nn.Module | None = None,
+        normalize: str | Sequence[Sequence[float]] = "imagenet",
+        grayscale: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train_spec, self.val_spec, self.predict_spec = train, val, predict
+        self.test_spec = test
+        self.samples_per_epoch = samples_per_epoch
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.augmentation = self._build_augmentation(augmentation)
+        mean, std = self._resolve_normalize(normalize)
+        self._mean_std = (mean, std)
+        self.grayscale = grayscale
+        self.seed = seed
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_datasets: list[Dataset] = []
+        self.test_names: list[str] = []
+        self.predict_dataset: Dataset | None = None
+        self._train_weights: list[float] = []
+
+    @staticmethod
+    def _build_augmentation(augmentation: str | nn.Module | None) -> nn.Module | None:
+        if augmentation is None or isinstance(augmentation, nn.Module):
+            return augmentation
+        from hpelib.data.transforms import build_augmentation
+
+        return build_augmentation(augmentation)
+
+    @staticmethod
+    def _resolve_normalize(normalize: Any) -> tuple[Tensor, Tensor]:
+        if isinstance(normalize, str):
+            if normalize not in NORMALIZATIONS:
+                raise ValueError(
+                    f"unknown normalize {normalize!r}; use one of {sorted(NORMALIZATIONS)} or [mean, std]"
+                )
+            mean, std = NORMALIZATIONS[normalize]
+        else:
+            mean, std = normalize
+        return (
+            torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+        )
+
+    # ------------------------------------------------------------------ datasets
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None and self.train_spec is not None:
+            specs = _spec_list(self.train_spec)
+            datasets = [build_dataset_from_spec(s) for s in specs]
+            self._train_weights = [
+                float(s.get("weight", 1.0)) if isinstance(s, Mapping) else 1.0 for s in specs
+            ]
+            self.train_dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+        if stage in (None, "fit", "validate") and self.val_dataset is None and self.val_spec is not None:
+            vals = [build_dataset_from_spec(s) for s in _spec_list(self.val_spec)]
+            self.val_dataset = vals[0] if len(vals) == 1 else ConcatDataset(vals)
+        if stage in (None, "test") and not self.test_datasets and self.test_spec is not None:
+            if isinstance(self.test_spec, Mapping) and not (
+                {"name", "class_path"} & set(self.test_spec)
+            ):
+                items = list(self.test_spec.items())
+            else:
+                items = [(None, s) for s in _spec_list(self.test_spec)]
+            for i, (name, spec) in enumerate(items):
+                dataset = build_dataset_from_spec(spec)
+                self.test_datasets.append(dataset)
+                self.test_names.append(name or _spec_label(spec, dataset, i))
+        if stage in (None, "predict") and self.predict_dataset is None and self.predict_spec is not None:
+            self.predict_dataset = build_dataset_from_spec(self.predict_spec)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle,
+        )
+
+    def _require(self, dataset: Dataset | None, stage: str) -> Dataset:
+        if dataset is None:
+            raise ValueError(f"HPEDataModule has no {stage} dataset: set data.{stage} in the config")
+        return dataset
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._require(self.train_dataset, "train")
+        weighted = len(set(self._train_weights)) > 1 or self.samples_per_epoch is not None
+        if not weighted:
+            return self._loader(dataset, self.batch_size, shuffle=True)
+        parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+        per_item = torch.cat(
+            [torch.full((len(d),), w / max(len(d), 1), dtype=torch.float64)
+             for d, w in zip(parts, self._train_weights, strict=True)]
+        )
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = WeightedRandomSampler(
+            per_item, self.samples_per_epoch or len(dataset), replacement=True, generator=generator
+        )
+        return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.val_dataset, "val"), self.eval_batch_size, False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        if not self.test_datasets:
+            raise ValueError("HPEDataModule has no test dataset: set data.test in the config")
+        return [self._loader(d, self.eval_batch_size, False) for d in self.test_datasets]
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.predict_dataset, "predict"), self.eval_batch_size, False)
+
+    # ------------------------------------------------------------------ on-device processing
+    def prepare_images(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
+        """uint8 -> float [0, 1], augmentation (if ``train``), grayscale, normalisation.
+
+        Nested sub-batches (pairs, positives) are processed the same way.
+        """
+        for key, value in list(batch.items()):
+            if isinstance(value, dict) and "image" in value:
+                batch[key] = self.prepare_images(value, train)
+        image = batch["image"]
+        if image.dtype == torch.uint8:
+            image = image.float() / 255.0
+        batch["image"] = image
+        if train and self.augmentation is not None:
+            batch = self.augmentation(batch)
+            image = batch["image"]
+        if self.grayscale and image.shape[1] == 3:
+            weights = torch.tensor([0.299, 0.587, 0.114], device=image.device, dtype=image.dtype)
+            image = (image * weights.view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+        mean, std = (t.to(image.device, image.dtype) for t in self._mean_std)
+        batch["image"] = (image - mean) / std
+        return batch
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        trainer = getattr(self, "trainer", None)
+        train = bool(trainer is not None and trainer.training)
+        return self.prepare_images(batch, train)

@@ -1,0 +1,169 @@
+"""``HPEModule``: the LightningModule every hpelib method derives from.
+
+It owns the train/val/test/predict steps, metric computation and logging, per-test-set
+metric naming, and optimiser/scheduler configuration. A method implements only
+
+* ``forward(images) -> dict`` with at least ``"rotation"``: ``(B, 3, 3)`` in hpelib's
+  internal convention, and
+* ``compute_loss(outputs, batch) -> (loss, {name: value})``,
+
+optionally overriding ``training_forward(batch)`` when training needs more than the images
+(pairs, anchor-positives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from hpelib.data.sample import mask_key
+from hpelib.metrics import PoseMetrics
+from hpelib.rotation import rotation_to_euler
+
+__all__ = ["HPEModule"]
+
+
+def _rotation_mask(batch: dict[str, Any]) -> Tensor:
+    key = mask_key("rotation")
+    if key in batch:
+        return batch[key].bool()
+    return torch.ones(batch["rotation"].shape[0], dtype=torch.bool, device=batch["rotation"].device)
+
+
+class HPEModule(LightningModule):
+    """Base LightningModule for head pose estimation methods.
+
+    Args:
+        optimizer: optimiser factory (``torch.optim.Adam`` or a ``class_path`` in YAML).
+        scheduler: optional LR scheduler factory taking the optimiser.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        euler_convention: named convention used for the per-angle metrics and predictions.
+        legacy_6drepnet: evaluate with 6DRepNet's +/-180 wrap (published-number mode).
+        range_angle, range_edges: optional per-range breakdown of the test metrics
+            (e.g. ``"yaw"`` with edges ``[0, 30, 60, 90, 180]``).
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: str = "epoch",
+        euler_convention: str = "300wlp",
+        legacy_6drepnet: bool = False,
+        range_angle: str | None = None,
+        range_edges: Sequence[float] = (0.0, 30.0, 60.0, 90.0, 180.0),
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.euler_convention = euler_convention
+        self._metric_kwargs = dict(
+            convention=euler_convention,
+            legacy_6drepnet=legacy_6drepnet,
+            range_angle=range_angle,
+            range_edges=tuple(range_edges),
+        )
+        self.val_metrics = PoseMetrics(convention=euler_convention, legacy_6drepnet=legacy_6drepnet)
+        self.test_metrics = nn.ModuleList()
+
+    # ----------------------------------------------------------------- to implement
+    def forward(self, images: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(images)")
+
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
+
+    def training_forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Outputs used by the training loss; methods with pairs/positives override this."""
+        return self(batch["image"])
+
+    # ----------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        outputs = self.training_forward(batch)
+        loss, parts = self.compute_loss(outputs, batch)
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], metric: PoseMetrics, prefix: str) -> dict[str, Tensor]:
+        outputs = self(batch["image"])
+        mask = _rotation_mask(batch)
+        if mask.any():
+            angles = batch.get("target_angles_deg")
+            metric.update(
+                outputs["rotation"][mask],
+                batch["rotation"][mask],
+                None if angles is None else angles[mask],
+            )
+            loss, _ = self.compute_loss(outputs, batch)
+            self.log(f"{prefix}/loss", loss, batch_size=int(mask.sum()), add_dataloader_idx=False)
+        return outputs
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def _test_names(self) -> list[str]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = list(getattr(datamodule, "test_names", []) or [])
+        loaders = self.trainer.test_dataloaders
+        n = len(loaders) if isinstance(loaders, Sequence) else 1
+        return names if len(names) == n else [f"set{i}" for i in range(n)] if n > 1 else [""]
+
+    def on_test_start(self) -> None:
+        self._test_set_names = self._test_names()
+        self.test_metrics = nn.ModuleList(
+            PoseMetrics(**self._metric_kwargs) for _ in self._test_set_names
+        ).to(self.device)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        name = self._test_set_names[dataloader_idx]
+        self._evaluate(batch, self.test_metrics[dataloader_idx], f"test/{name}" if name else "test")
+
+    def on_test_epoch_end(self) -> None:
+        for name, metric in zip(self._test_set_names, self.test_metrics, strict=True):
+            self._log_metrics(metric, f"test/{name}" if name else "test")
+
+    def _log_metrics(self, metric: PoseMetrics, prefix: str) -> None:
+        if int(metric.count) == 0 and not torch.distributed.is_initialized():
+            return
+        values = metric.compute()
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, add_dataloader_idx=False)
+        metric.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        outputs = self(batch["image"])
+        outputs = {k: v.detach() for k, v in outputs.items()}
+        outputs["euler_deg"] = rotation_to_euler(outputs["rotation"], self.euler_convention, degrees=True)
+        if "index" in batch:
+            outputs["index"] = batch["index"]
+        return outputs
+
+    # ----------------------------------------------------------------- optimisation
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters given to the optimiser (frozen ones excluded)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }

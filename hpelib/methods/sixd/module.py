@@ -1,0 +1,46 @@
+"""The 6D/geodesic baseline (Hempel et al., 6DRepNet) as an hpelib method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from hpelib.data.sample import mask_key
+from hpelib.methods.base import HPEModule
+from hpelib.methods.sixd.model import SixDNet
+from hpelib.nn import geodesic_loss
+
+__all__ = ["SixD"]
+
+
+class SixD(HPEModule):
+    """Backbone -> Linear(6) -> Gram-Schmidt, trained with the mean geodesic loss.
+
+    Args:
+        backbone: any timm model name.
+        pretrained: ImageNet weights through timm (False in quick-start configs: no network).
+        checkpoint_path: local backbone weights file.
+        **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        checkpoint_path: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.model = SixDNet(backbone, pretrained, checkpoint_path)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {"rotation": self.model(images)}
+
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        loss = geodesic_loss(outputs["rotation"], batch["rotation"], batch.get(mask_key("rotation")))
+        return loss, {"geodesic_loss": loss}

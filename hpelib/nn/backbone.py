@@ -1,0 +1,72 @@
+"""Backbone factory over timm: any timm model name, optional ImageNet or local weights."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+from torch import nn
+
+__all__ = ["create_backbone", "BackboneNotFoundError"]
+
+
+class BackboneNotFoundError(ValueError):
+    """Raised for a backbone name that timm does not know."""
+
+
+def _check_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    candidates = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(candidates)}?" if candidates else ""
+    raise BackboneNotFoundError(
+        f"unknown backbone {name!r}: not a timm model name (see timm.list_models()).{hint}"
+    )
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    in_chans: int = 3,
+    drop_rate: float = 0.0,
+    **kwargs,
+) -> tuple[nn.Module, int]:
+    """Create a timm feature extractor with global pooling and no classifier.
+
+    Args:
+        name: any timm model name (``resnet18``, ``repvgg_b1g2``, ``swinv2_base_window8_256``...).
+        pretrained: load timm's pretrained weights (needs network access or a warm cache).
+        checkpoint_path: local weights file (timm/ImageNet checkpoint or a state dict) used
+            instead of downloading; implies pretrained weights.
+        in_chans: input channels (1 for grayscale models such as OpNet).
+        drop_rate: dropout before the (removed) classifier.
+
+    Returns:
+        ``(module, num_features)``; ``module(images (B, C, H, W)) -> (B, num_features)``.
+    """
+    _check_name(name)
+    overlay = None
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone checkpoint_path {str(path)!r} does not exist")
+        overlay = {"file": str(path)}
+        pretrained = True
+    model = timm.create_model(
+        name,
+        pretrained=pretrained,
+        num_classes=0,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        pretrained_cfg_overlay=overlay,
+        **kwargs,
+    )
+    return model, int(model.num_features)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+

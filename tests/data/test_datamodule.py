@@ -1,0 +1,77 @@
+"""HPEDataModule: dataset specs, weighted mixing, test-set names, on-device preparation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpelib.data import collate_samples
+from hpelib.data.datamodule import HPEDataModule, build_dataset_from_spec
+from tests.toy import AxisGlyphDataset
+
+
+def test_spec_by_class_path_and_instance():
+    spec = {"class_path": "tests.toy.AxisGlyphDataset", "init_args": {"num_samples": 5}}
+    assert len(build_dataset_from_spec(spec)) == 5
+    ds = AxisGlyphDataset(3)
+    assert build_dataset_from_spec(ds) is ds
+    with pytest.raises(ValueError, match="cannot import class_path 'tests.toy.Nope'"):
+        build_dataset_from_spec({"class_path": "tests.toy.Nope"})
+    with pytest.raises(ValueError, match="needs a 'name'"):
+        build_dataset_from_spec({"root": "/x"})
+
+
+def test_weighted_mix_follows_weights():
+    dm = HPEDataModule(
+        train=[
+            {"class_path": "tests.toy.AxisGlyphDataset", "init_args": {"num_samples": 10, "seed": 0}, "weight": 3.0},
+            {"class_path": "tests.toy.AxisGlyphDataset", "init_args": {"num_samples": 90, "seed": 1}, "weight": 1.0},
+        ],
+        samples_per_epoch=2000,
+        batch_size=100,
+    )
+    dm.setup("fit")
+    indices = torch.cat([b["index"] for b in dm.train_dataloader()])
+    # ConcatDataset: the first dataset's items are 0..9 in each sub-dataset's own index,
+    # so count by which dataset produced them via the image identity instead.
+    assert len(indices) == 2000
+    sampler = dm.train_dataloader().sampler
+    drawn = torch.tensor(list(iter(sampler)))
+    share_first = float((drawn < 10).float().mean())
+    assert 0.68 < share_first < 0.82  # expected 0.75
+
+
+def test_test_sets_are_named_and_missing_stage_errors():
+    dm = HPEDataModule(test={"a": AxisGlyphDataset(4), "b": AxisGlyphDataset(6)}, batch_size=2)
+    dm.setup("test")
+    assert dm.test_names == ["a", "b"]
+    assert [len(l.dataset) for l in dm.test_dataloader()] == [4, 6]
+    with pytest.raises(ValueError, match="no train dataset"):
+        dm.train_dataloader()
+
+
+def test_prepare_images_normalises_and_handles_nested_batches():
+    ds = AxisGlyphDataset(4, 16)
+    samples = [{**ds[i], "partner": ds[(i + 1) % 4]} for i in range(4)]
+    batch = collate_samples(samples)
+    assert batch["partner"]["image"].shape == (4, 3, 16, 16)
+    dm = HPEDataModule(normalize="symmetric", grayscale=True)
+    out = dm.prepare_images(batch, train=False)
+    for b in (out, out["partner"]):
+        assert b["image"].dtype == torch.float32
+        assert b["image"].min() >= -1.0 and b["image"].max() <= 1.0
+        assert torch.equal(b["image"][:, 0], b["image"][:, 1])  # grayscale repeated
+    with pytest.raises(ValueError, match="unknown normalize"):
+        HPEDataModule(normalize="zscore")
+
+
+def test_collate_masks_missing_optional_keys():
+    ds = AxisGlyphDataset(2, 16)
+    a, b = ds[0], ds[1]
+    a["box"] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    batch = collate_samples([a, b])
+    assert batch["has_box"].tolist() == [True, False]
+    assert batch["box"].shape == (2, 4)
+    assert batch["has_rotation"].all()
+    with pytest.raises(KeyError, match="rotation"):
+        collate_samples([{"image": a["image"]}])

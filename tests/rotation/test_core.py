@@ -1,0 +1,161 @@
+"""Core SO(3) operations: values against scipy/independent formulas, gradients, invariants."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation as SciRot
+
+import hpelib.rotation as hr
+
+settings.register_profile("hpelib", max_examples=60, deadline=None)
+settings.load_profile("hpelib")
+
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+def rand_rot(seed: int, n: int = 16, dtype=torch.float64) -> torch.Tensor:
+    return hr.random_rotation(n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@given(seeds)
+def test_random_rotations_are_rotations(seed):
+    r = rand_rot(seed)
+    assert hr.is_rotation_matrix(r, atol=1e-10).all()
+
+
+@given(seeds)
+def test_geodesic_matches_scipy_magnitude(seed):
+    a, b = rand_rot(seed), rand_rot(seed + 1)
+    expected = (SciRot.from_matrix(a.numpy()) * SciRot.from_matrix(b.numpy()).inv()).magnitude()
+    np.testing.assert_allclose(hr.geodesic_distance(a, b).numpy(), expected, atol=1e-9)
+
+
+def test_geodesic_exact_zero_and_finite_gradients_at_identity_and_180():
+    r = rand_rot(0, 8).requires_grad_()
+    d = hr.geodesic_distance(r, r.detach())
+    assert torch.equal(d, torch.zeros(8, dtype=torch.float64))
+    d.sum().backward()
+    assert torch.isfinite(r.grad).all()
+    for angle in (math.pi, math.pi - 1e-7, math.pi - 1e-3):
+        for dtype in (torch.float32, torch.float64):
+            a = rand_rot(1, 8, dtype).requires_grad_()
+            b = a.detach() @ hr.rotation_y(torch.tensor(angle, dtype=dtype))
+            d = hr.geodesic_distance(a, b)
+            assert torch.allclose(d, torch.full_like(d, angle), atol=1e-3 if dtype == torch.float32 else 1e-9)
+            d.sum().backward()
+            assert torch.isfinite(a.grad).all()
+
+
+def test_geodesic_small_angles_accurate_in_float32():
+    r = rand_rot(2, 4, torch.float32)
+    for angle in (1e-3, 1e-2):
+        d = hr.geodesic_distance(r @ hr.rotation_z(torch.tensor(angle)), r)
+        assert torch.allclose(d, torch.full_like(d, angle), rtol=2e-2)
+
+
+@given(seeds)
+def test_geodesic_is_invariant_to_left_and_right_multiplication(seed):
+    a, b, c = rand_rot(seed), rand_rot(seed + 1), rand_rot(seed + 2)
+    d = hr.geodesic_distance(a, b)
+    assert torch.allclose(hr.geodesic_distance(c @ a, c @ b), d, atol=1e-9)
+    assert torch.allclose(hr.geodesic_distance(a @ c, b @ c), d, atol=1e-9)
+
+
+def _sixdrepnet_reference(x: np.ndarray) -> np.ndarray:
+    """6DRepNet's compute_rotation_matrix_from_ortho6d, written out independently."""
+    a1, a2 = x[:, :3], x[:, 3:]
+    xv = a1 / np.linalg.norm(a1, axis=1, keepdims=True)
+    z = np.cross(xv, a2)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    y = np.cross(z, xv)
+    return np.stack([xv, y, z], axis=2)  # columns
+
+
+@given(seeds)
+def test_6d_matches_6drepnet_and_round_trips(seed):
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    r = hr.rotation_from_6d(x)
+    np.testing.assert_allclose(r.numpy(), _sixdrepnet_reference(x.numpy()), atol=1e-9)
+    assert hr.is_rotation_matrix(r, atol=1e-9).all()
+    assert torch.allclose(hr.rotation_from_6d(hr.rotation_to_6d(r)), r, atol=1e-12)
+
+
+def test_6d_rejects_wrong_shape():
+    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+        hr.rotation_from_6d(torch.zeros(2, 5))
+
+
+@given(seeds)
+def test_quaternion_xyzw_matches_scipy(seed):
+    r = rand_rot(seed)
+    q = hr.quaternion_from_rotation(r)
+    expected = SciRot.from_matrix(r.numpy()).as_quat()  # scipy is (x, y, z, w)
+    expected *= np.sign(expected[:, 3:])
+    np.testing.assert_allclose(q.numpy(), expected, atol=1e-9)
+    assert (q[:, 3] >= 0).all()
+    assert torch.allclose(hr.rotation_from_quaternion(q), r, atol=1e-12)
+    # Sign ambiguity: q and -q are the same rotation.
+    assert torch.allclose(hr.rotation_from_quaternion(-q), r, atol=1e-12)
+
+
+@given(seeds)
+def test_quaternion_product_is_matrix_product(seed):
+    a, b = rand_rot(seed), rand_rot(seed + 1)
+    qa, qb = hr.quaternion_from_rotation(a), hr.quaternion_from_rotation(b)
+    assert torch.allclose(hr.rotation_from_quaternion(hr.quaternion_multiply(qa, qb)), a @ b, atol=1e-12)
+    assert torch.allclose(hr.rotation_from_quaternion(hr.quaternion_conjugate(qa)), a.mT, atol=1e-12)
+
+
+@given(seeds)
+def test_so3_log_exp_match_scipy_and_round_trip(seed):
+    r = rand_rot(seed)
+    v = hr.so3_log(r)
+    np.testing.assert_allclose(v.numpy(), SciRot.from_matrix(r.numpy()).as_rotvec(), atol=1e-8)
+    assert torch.allclose(hr.so3_exp(v), r, atol=1e-10)
+    np.testing.assert_allclose(v.norm(dim=-1).numpy(), hr.geodesic_distance(r, torch.eye(3, dtype=r.dtype)).numpy(), atol=1e-9)
+
+
+def test_so3_exp_log_gradients_finite_at_identity():
+    v = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    hr.so3_exp(v).sum().backward()
+    assert torch.isfinite(v.grad).all()
+    r = torch.eye(3, dtype=torch.float64).repeat(2, 1, 1).requires_grad_()
+    hr.so3_log(r).sum().backward()
+    assert torch.isfinite(r.grad).all()
+
+
+def test_skew_and_vee():
+    a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    assert torch.allclose((hr.skew(a) @ b[..., None])[..., 0], torch.linalg.cross(a, b))
+    assert torch.allclose(hr.vee(hr.skew(a)), a)
+
+
+def test_wrap_angle_and_difference():
+    x = torch.tensor([0.0, 179.0, 181.0, -181.0, 360.0, 540.0])
+    assert torch.allclose(hr.wrap_angle(x, 360.0), torch.tensor([0.0, 179.0, -179.0, 179.0, 0.0, -180.0]))
+    assert hr.angle_difference(torch.tensor(179.0), torch.tensor(-179.0), 360.0).abs() == pytest.approx(2.0)
+
+
+def test_elementary_rotations_match_scipy_and_reject_bad_axis():
+    angle = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    for axis in "xyz":
+        expected = SciRot.from_euler(axis, angle.numpy()[:, None]).as_matrix()
+        np.testing.assert_allclose(hr.elementary_rotation(axis, angle).numpy(), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="axis"):
+        hr.elementary_rotation("w", angle)
+
+
+def test_batch_shapes_and_dtypes_are_preserved():
+    r = hr.random_rotation(6).reshape(2, 3, 3, 3)
+    assert r.dtype == torch.float32
+    assert hr.geodesic_distance(r, r).shape == (2, 3)
+    assert hr.rotation_to_6d(r).shape == (2, 3, 6)
+    assert hr.quaternion_from_rotation(r).shape == (2, 3, 4)
+    assert hr.so3_log(r).shape == (2, 3, 3)
+    assert hr.rotation_to_euler(r).shape == (2, 3, 3)
