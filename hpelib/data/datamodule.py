@@ -221,8 +221,11 @@ class HPEDataModule(LightningDataModule):
         )
         return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "val"), self.eval_batch_size, False)
+    def val_dataloader(self) -> DataLoader | list:
+        # Validation is optional during fit: no val spec -> no validation loop.
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self.eval_batch_size, False)
 
     def test_dataloader(self) -> list[DataLoader]:
         if not self.test_datasets:
@@ -231,6 +234,28 @@ class HPEDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.predict_dataset, "predict"), self.eval_batch_size, False)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def preprocessing(self) -> dict[str, Any]:
+        """What inference must repeat: input size, normalisation and grayscale conversion."""
+        size = None
+        dataset = self.train_dataset or self.val_dataset or (self.test_datasets or [None])[0]
+        if dataset is not None and len(dataset) > 0:
+            size = int(dataset[0]["image"].shape[-1])
+        mean, std = self._mean_std
+        return {
+            "image_size": size,
+            "mean": mean.flatten().tolist(),
+            "std": std.flatten().tolist(),
+            "grayscale": self.grayscale,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved in every checkpoint (Lightning stores the datamodule's state) for hpelib.load.
+        return {"preprocessing": self.preprocessing()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: preprocessing comes from the config; the state is informative."""
 
     # ------------------------------------------------------------------ on-device processing
     def prepare_images(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:

@@ -153,6 +153,11 @@ class HPEModule(LightningModule):
             outputs["index"] = batch["index"]
         return outputs
 
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lets ``hpelib.load(path)`` rebuild the right class without being told.
+        checkpoint["hpelib_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     # ----------------------------------------------------------------- optimisation
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters given to the optimiser (frozen ones excluded)."""
