@@ -1,4 +1,8 @@
-"""``hpelib`` command line: LightningCLI with ``fit | validate | test | predict``.
+"""``hpelib`` command line.
+
+* ``hpelib fit | validate | test | predict --config X.yaml`` — LightningCLI;
+* ``hpelib export --ckpt C --output model.onnx`` — ONNX export with a parity check;
+* ``hpelib evaluate --config X.yaml --ckpt C [C ...] --variants original sa fa`` — one table.
 
 Examples::
 
@@ -7,6 +11,8 @@ Examples::
 """
 
 from __future__ import annotations
+
+import sys
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -26,6 +32,17 @@ class HPECLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``hpelib`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "export":
+        from hpelib.export import main as export_main
+
+        export_main(argv[1:])
+        return
+    if argv and argv[0] == "evaluate":
+        from hpelib.evaluate import main as evaluate_main
+
+        evaluate_main(argv[1:])
+        return
     HPECLI(
         HPEModule,
         HPEDataModule,
