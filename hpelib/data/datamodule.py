@@ -39,7 +39,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
-_SPEC_META_KEYS = ("weight", "label", "wrap")
+_SPEC_META_KEYS = ("weight", "label")
 
 
 def _import_object(path: str) -> Any:
@@ -52,16 +52,39 @@ def _import_object(path: str) -> Any:
         raise ValueError(f"cannot import class_path {path!r}: {err}") from err
 
 
+def _plain(spec: Any) -> Any:
+    """jsonargparse may hand over specs as Namespaces; make them plain dicts (recursively)."""
+    if hasattr(spec, "as_dict"):
+        spec = spec.as_dict()
+    if isinstance(spec, Mapping):
+        return {k: _plain(v) for k, v in spec.items()}
+    if isinstance(spec, list | tuple):
+        return [_plain(v) for v in spec]
+    return spec
+
+
+def _instantiate_nested(value: Any) -> Any:
+    """Build ``{"class_path": ...}`` values inside ``init_args`` (e.g. the dataset wrapped by
+    an ``SAVariant``), like jsonargparse would."""
+    if isinstance(value, Mapping) and "class_path" in value:
+        return build_dataset_from_spec(value)
+    if isinstance(value, list):
+        return [_instantiate_nested(v) for v in value]
+    return value
+
+
 def build_dataset_from_spec(spec: Any) -> Dataset:
     """Turn a dataset spec (see module docstring) into a Dataset."""
     if isinstance(spec, Dataset):
         return spec
+    spec = _plain(spec)
     if not isinstance(spec, Mapping):
         raise TypeError(f"a dataset spec must be a Dataset or a mapping, got {type(spec).__name__}")
     spec = {k: v for k, v in spec.items() if k not in _SPEC_META_KEYS}
     if "class_path" in spec:
         cls = _import_object(spec["class_path"])
-        return cls(**dict(spec.get("init_args") or {}))
+        init_args = {k: _instantiate_nested(v) for k, v in (spec.get("init_args") or {}).items()}
+        return cls(**init_args)
     if "name" in spec:
         from hpelib.data.datasets import build_dataset
 
@@ -121,8 +144,8 @@ class HPEDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.train_spec, self.val_spec, self.predict_spec = train, val, predict
-        self.test_spec = test
+        self.train_spec, self.val_spec, self.predict_spec = _plain(train), _plain(val), _plain(predict)
+        self.test_spec = _plain(test)
         self.samples_per_epoch = samples_per_epoch
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

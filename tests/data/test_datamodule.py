@@ -75,3 +75,18 @@ def test_collate_masks_missing_optional_keys():
     assert batch["has_rotation"].all()
     with pytest.raises(KeyError, match="rotation"):
         collate_samples([{"image": a["image"]}])
+
+
+def test_specs_from_jsonargparse_namespaces_and_nested_class_paths():
+    from jsonargparse import Namespace
+
+    from hpelib.data.variants import SAVariant
+
+    spec = Namespace(class_path="tests.toy.AxisGlyphDataset", init_args=Namespace(num_samples=4))
+    assert len(build_dataset_from_spec(spec)) == 4
+    nested = {
+        "class_path": "hpelib.data.variants.SAVariant",
+        "init_args": {"dataset": {"class_path": "tests.toy.AxisGlyphDataset", "init_args": {"num_samples": 3}}},
+    }
+    wrapped = build_dataset_from_spec(nested)
+    assert isinstance(wrapped, SAVariant) and len(wrapped) == 3
