@@ -1,0 +1,128 @@
+"""RankPose network (Dai et al., 2020): timm backbone -> feature F -> bounded output layer.
+
+Pure ``nn.Module``s, no Lightning. Angles are in **radians**, in the order of the Euler
+convention chosen by the caller (``euler_names(convention)``, e.g. pitch, yaw, roll for
+300W-LP); the module turns them into rotation matrices.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hpelib.nn import create_backbone
+
+__all__ = ["OUTPUT_LAYERS", "AngleOutput", "RankPoseNet"]
+
+#: Output transformations of the paper (Sec. 3.2) selectable by name.
+OUTPUT_LAYERS: tuple[str, ...] = ("linear", "cosine", "arccos")
+
+
+class AngleOutput(nn.Module):
+    """Output layer ``F (B, D) -> Y (B, K)`` with one of the paper's three transformations.
+
+    * ``"linear"``: ``Y = W^T F (+ b)``, unbounded (the plain FC layer).
+    * ``"cosine"``: ``Y = alpha * W_hat^T F_hat`` with ``F_hat = F / ||F||`` and every column
+      of ``W`` L2-normalised, so ``|Y_k| <= alpha``. The paper uses ``alpha = pi/2`` for
+      Euler angles in radians; the released code uses 180 (degrees), i.e. ``alpha = pi``.
+    * ``"arccos"``: ``Y = arccos(W_hat^T F_hat) - pi/2``, bounded to ``[-pi/2, pi/2]``.
+      The cosine is clamped to ``[-1 + eps, 1 - eps]`` because ``d arccos(c)/dc`` is infinite
+      at ``|c| = 1``; the bound is then ``pi/2 - arccos(1 - eps)`` (about 1e-3 rad short of
+      ``pi/2`` for ``eps = 1e-6``).
+
+    Args:
+        in_features: ``D``; out_features: ``K`` (3 Euler angles).
+        kind: one of :data:`OUTPUT_LAYERS`.
+        alpha: scale of the cosine output (radians).
+        bias: bias of the linear output (ignored by the normalised outputs, which have none).
+        eps: clamp of the arccos input.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int = 3,
+        kind: str = "cosine",
+        alpha: float = math.pi / 2,
+        bias: bool = True,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if kind not in OUTPUT_LAYERS:
+            raise ValueError(f"unknown output layer {kind!r}; use one of {OUTPUT_LAYERS}")
+        if kind == "cosine" and not alpha > 0:
+            raise ValueError(f"alpha of the cosine output must be > 0, got {alpha}")
+        self.kind = kind
+        self.alpha = float(alpha)
+        self.eps = float(eps)
+        if kind == "linear":
+            self.linear: nn.Linear | None = nn.Linear(in_features, out_features, bias=bias)
+            self.register_parameter("weight", None)
+        else:
+            self.linear = None
+            # (D, K): one column per angle, as in the paper's W^T F (and the released code).
+            self.weight = nn.Parameter(torch.empty(in_features, out_features))
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def cosine(self, features: Tensor) -> Tensor:
+        """``W_hat^T F_hat``: ``(B, D) -> (B, K)`` cosines between F and each column of W."""
+        return F.normalize(features, dim=1) @ F.normalize(self.weight, dim=0)
+
+    def forward(self, features: Tensor) -> Tensor:
+        if self.linear is not None:
+            return self.linear(features)
+        cos = self.cosine(features)
+        if self.kind == "cosine":
+            return self.alpha * cos
+        return torch.arccos(cos.clamp(-1.0 + self.eps, 1.0 - self.eps)) - math.pi / 2
+
+    @property
+    def bound(self) -> float:
+        """Largest possible ``|Y|`` (``inf`` for the linear output)."""
+        if self.kind == "linear":
+            return math.inf
+        return self.alpha if self.kind == "cosine" else math.pi / 2
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}" + (f", alpha={self.alpha:.4g}" if self.kind == "cosine" else "")
+
+
+class RankPoseNet(nn.Module):
+    """``forward(images (B, 3, H, W)) -> (B, 3)`` Euler angles in radians.
+
+    Args:
+        backbone: any timm model name (the paper: ``resnet50``).
+        pretrained: ImageNet weights through timm (needs network or a cache).
+        checkpoint_path: local backbone weights instead of a download.
+        output_layer: ``"linear"``, ``"cosine"`` or ``"arccos"`` (see :class:`AngleOutput`).
+        alpha: cosine-output scale in radians (paper ``pi/2``; released code ``pi``).
+        linear_bias: bias of the linear output.
+        drop_rate: dropout on the pooled feature (timm's ``drop_rate``).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained: bool = False,
+        checkpoint_path: str | Path | None = None,
+        output_layer: str = "cosine",
+        alpha: float = math.pi / 2,
+        linear_bias: bool = True,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.backbone, num_features = create_backbone(
+            backbone, pretrained, checkpoint_path, drop_rate=drop_rate
+        )
+        self.head = AngleOutput(num_features, 3, output_layer, alpha, bias=linear_bias)
+
+    def features(self, images: Tensor) -> Tensor:
+        """Pooled backbone feature ``F``: ``(B, 3, H, W) -> (B, D)``."""
+        return self.backbone(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))

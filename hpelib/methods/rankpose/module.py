@@ -1,0 +1,143 @@
+"""RankPose (Dai et al., 2020) as an hpelib method: Siamese rank supervision + bounded output."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hpelib.data.pairs import set_pairs_epoch
+from hpelib.data.sample import mask_key
+from hpelib.methods.base import HPEModule
+from hpelib.methods.rankpose.loss import rankpose_loss
+from hpelib.methods.rankpose.model import RankPoseNet
+from hpelib.rotation import euler_names, euler_to_rotation, rotation_to_euler
+
+__all__ = ["RankPose"]
+
+_LOSS_UNITS = {"rad": 1.0, "deg": 180.0 / math.pi}
+
+
+class RankPose(HPEModule):
+    """Backbone -> bounded Euler output, trained on same-identity pairs with
+    ``L = beta * L_MSE + (1 - beta) * L_ranking``.
+
+    Training batches carry a nested sub-batch ``batch[partner_key]`` (the second image of each
+    pair, same identity; see :class:`hpelib.data.pairs.IdentityPairs`); both images go through
+    the one backbone (shared weights) in a single forward pass. Batches without it (validation,
+    test, or a plain dataset) are trained with ``beta * L_MSE`` only.
+
+    Args:
+        backbone: any timm model name (the paper: ``resnet50``).
+        pretrained: ImageNet weights through timm (False in quick-start configs: no network).
+        checkpoint_path: local backbone weights file.
+        output_layer: ``"linear"``, ``"cosine"`` (paper's best with ranking) or ``"arccos"``.
+        alpha: cosine-output scale in radians: ``pi/2`` (paper) or ``pi`` (released code,
+            180 degrees).
+        linear_bias: bias of the linear output layer.
+        drop_rate: dropout on the pooled backbone feature.
+        beta: weight of the MSE term; ``1.0`` disables the ranking term (MSE-only ablations).
+        margin: ranking hinge margin (in ``loss_unit``); 0 in the paper and released code.
+        rank_absolute: rank ``|p|`` like the released code instead of ``p`` (paper).
+        tie_tolerance: label differences at most this (in ``loss_unit``) count as ties.
+        loss_unit: ``"rad"`` (paper, radians) or ``"deg"`` (released code: MSE and ranking on
+            degrees, which weights MSE ~3283x more against the hinge).
+        partner_key: batch key of the pair's second image.
+        **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`
+            (``euler_convention`` sets the Euler angles the network outputs, ``"300wlp"``:
+            pitch, yaw, roll).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained: bool = False,
+        checkpoint_path: str | Path | None = None,
+        output_layer: str = "cosine",
+        alpha: float = math.pi / 2,
+        linear_bias: bool = True,
+        drop_rate: float = 0.0,
+        beta: float = 0.5,
+        margin: float = 0.0,
+        rank_absolute: bool = False,
+        tie_tolerance: float = 0.0,
+        loss_unit: str = "rad",
+        partner_key: str = "partner",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        if loss_unit not in _LOSS_UNITS:
+            raise ValueError(f"loss_unit must be one of {sorted(_LOSS_UNITS)}, got {loss_unit!r}")
+        euler_names(self.euler_convention)  # a clear error for an unknown convention, now
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.model = RankPoseNet(
+            backbone, pretrained, checkpoint_path, output_layer, alpha, linear_bias, drop_rate
+        )
+        self.beta = beta
+        self.margin = margin
+        self.rank_absolute = rank_absolute
+        self.tie_tolerance = tie_tolerance
+        self.loss_scale = _LOSS_UNITS[loss_unit]
+        self.partner_key = partner_key
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """``(B, 3, H, W) ->`` ``euler`` (B, 3) radians in ``euler_names(euler_convention)``
+        order and the matching ``rotation`` (B, 3, 3) for the shared metrics."""
+        euler = self.model(images)
+        return {"euler": euler, "rotation": euler_to_rotation(euler, self.euler_convention)}
+
+    def training_forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Both images of every pair through the shared backbone in one pass.
+
+        One concatenated pass means BatchNorm statistics are taken over both halves together
+        (the released code runs the halves separately; the weights are shared either way).
+        """
+        partner = batch.get(self.partner_key)
+        if not isinstance(partner, dict):
+            return self(batch["image"])
+        b = batch["image"].shape[0]
+        out = self(torch.cat([batch["image"], partner["image"]]))
+        return {
+            "euler": out["euler"][:b],
+            "rotation": out["rotation"][:b],
+            "partner_euler": out["euler"][b:],
+            "partner_rotation": out["rotation"][b:],
+        }
+
+    # ------------------------------------------------------------------ loss
+    def _targets(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        angles = rotation_to_euler(batch["rotation"], self.euler_convention)
+        return angles, batch.get(mask_key("rotation"))
+
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        s = self.loss_scale
+        target1, mask1 = self._targets(batch)
+        pred2 = target2 = mask2 = None
+        partner = batch.get(self.partner_key)
+        if "partner_euler" in outputs and isinstance(partner, dict):
+            target2, mask2 = self._targets(partner)
+            pred2, target2 = outputs["partner_euler"] * s, target2 * s
+        total, mse, rank = rankpose_loss(
+            outputs["euler"] * s, target1 * s, pred2, target2, mask1, mask2,
+            beta=self.beta, margin=self.margin, absolute=self.rank_absolute,
+            tie_tolerance=self.tie_tolerance,
+        )
+        parts = {"mse": mse}
+        if rank is not None:
+            parts["ranking"] = rank
+        return total, parts
+
+    # ------------------------------------------------------------------ pairs
+    def on_train_epoch_start(self) -> None:
+        # Pairs drawn with dataset[i] depend on the dataset's epoch (hpelib.data.pairs).
+        set_pairs_epoch(self.trainer.train_dataloader, self.current_epoch)
