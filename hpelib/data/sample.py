@@ -17,9 +17,11 @@ key                    shape / dtype        meaning
                                             to the head centre
 ``head_center``        (2,) float32         projected head centre in crop pixels
 ``head_size``          () float32           head size in crop pixels
+``head_box``           (4,) float32         head silhouette box (x0, y0, x1, y1), crop pixels
 ``shape_params``       (P,) float32         parameters of a deformable face model
 ``identity``           () int64             person id, ``-1`` when unknown
 ``occluded``           () bool              the face is (synthetically) occluded
+``occlusion_fraction`` () float32           share of the face covered by occluders
 ``index``              () int64             index of the item in its dataset
 =====================  ===================  ==================================================
 
@@ -59,9 +61,11 @@ OPTIONAL_FIELDS: dict[str, FieldSpec] = {
     "landmarks_3d": FieldSpec((68, 3), torch.float32),
     "head_center": FieldSpec((2,), torch.float32),
     "head_size": FieldSpec((), torch.float32),
+    "head_box": FieldSpec((4,), torch.float32),
     "shape_params": FieldSpec((-1,), torch.float32),
     "identity": FieldSpec((), torch.int64, fill=-1),
     "occluded": FieldSpec((), torch.bool),
+    "occlusion_fraction": FieldSpec((), torch.float32),
     "index": FieldSpec((), torch.int64, fill=-1),
 }
 
