@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from hpelib.data.datasets.registry import register_dataset
 from hpelib.data.synthetic.head import _mix64, sample_identity_params
 from hpelib.data.synthetic.render import (
     PRESETS,
@@ -80,6 +81,7 @@ def clerf_roll_free(rotations: Tensor) -> tuple[Tensor, Tensor]:
     return rotation_from_euler_clerf(yaw, pitch, torch.zeros_like(roll)), roll
 
 
+@register_dataset("synthetic", "synthetic_heads")
 class SyntheticHeads(Dataset):
     """Rendered heads with perfect labels, as :mod:`hpelib.data.sample` dicts.
 
@@ -269,6 +271,7 @@ class SyntheticHeads(Dataset):
         return item
 
 
+@register_dataset("synthetic_pairs")
 class SyntheticPairs(Dataset):
     """Pairs of images of the same identity in two independent poses (RankPose and friends).
 
@@ -358,6 +361,7 @@ def render_anchor_positives(
     return res
 
 
+@register_dataset("synthetic_anchor_positives")
 class SyntheticAnchorPositives(Dataset):
     """CLERF anchor-positive pairs: item ``j`` is the anchor's sample dict with the positive's
     under ``"positive"`` (a nested sub-batch after ``collate_samples``); their rotations are

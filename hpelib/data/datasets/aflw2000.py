@@ -1,0 +1,109 @@
+"""AFLW2000-3D, the standard evaluation set (HopeNet/FSA-Net/6DRepNet protocol).
+
+Layout: ``<root>/imageNNNNN.jpg`` + ``imageNNNNN.mat`` (450 x 450 images). ``.mat`` keys:
+``Pose_Para`` (pitch, yaw, roll radians, ...), ``pt2d`` (2 x 21, ``-1`` = invisible),
+``pt3d_68`` (3 x 68, image x/y and depth), ``roi``, 3DMM parameters.
+
+The protocol drops every image with any ``|angle| > 99`` degrees
+(:func:`~hpelib.data.datasets.base.aflw2000_filter_mask`; 1969 of 2000 remain), on by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpelib.data.datasets.base import (
+    CropRule,
+    IndexedPoseDataset,
+    OnInvalid,
+    aflw2000_filter_mask,
+    apply_invalid_policy,
+    require_files,
+)
+from hpelib.data.datasets.index_cache import CacheSpec, cached_index
+from hpelib.data.datasets.registry import register_dataset
+from hpelib.data.datasets.w300lp import BoxSource, euler_index_to_rotation, read_3ddfa_mat
+
+__all__ = ["AFLW2000"]
+
+logger = logging.getLogger("hpelib.data")
+
+
+def _build_aflw_index(
+    root: Path, mats: list[Path], box_source: BoxSource, shape_params: bool
+) -> pd.DataFrame:
+    records = []
+    for mat in mats:
+        rec = read_3ddfa_mat(mat, box_source, shape_params)
+        image = mat.with_suffix(".jpg")
+        if not image.is_file() and not rec["error"]:
+            rec["error"] = f"image {image.name} not found next to the label"
+        rec.update(path=os.path.relpath(image, root), label_file=os.path.relpath(mat, root))
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+@register_dataset("aflw2000", "aflw2000_3d", "aflw")
+class AFLW2000(IndexedPoseDataset):
+    """AFLW2000-3D read as 6DRepNet/HopeNet do (test-time crop by default).
+
+    Args:
+        root: folder with ``image*.jpg`` + ``image*.mat``.
+        image_size: side of the output crop.
+        train: random (seeded) crop margins (AFLW2000 is an evaluation set: default False).
+        crop_rule: ``"6drepnet"`` (default), ``"tight"`` or a callable.
+        box_source: ``"pt2d"`` (6DRepNet/HopeNet; invisible ``-1`` points ignored) or
+            ``"pt3d_68"`` (OpNet/RankPose).
+        filter_99: drop items with any ``|angle| > 99`` degrees (evaluation protocol); the
+            count is logged and kept in ``num_skipped``.
+        on_invalid: ``"error"`` or ``"skip"`` for unreadable labels, missing images, NaN angles.
+        shape_params: also load ``Shape_Para``.
+        seed: seed of the train-time crop jitter.
+        cache: label index cache location (:mod:`.index_cache`).
+    """
+
+    name = "aflw2000"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        image_size: int = 224,
+        train: bool = False,
+        crop_rule: str | CropRule = "6drepnet",
+        box_source: BoxSource = "pt2d",
+        filter_99: bool = True,
+        on_invalid: OnInvalid = "error",
+        shape_params: bool = False,
+        seed: int = 0,
+        cache: CacheSpec = "auto",
+    ) -> None:
+        root = Path(root)
+        mats = sorted(root.glob("*.mat")) if root.is_dir() else []
+        require_files(root, mats, "image*.mat + image*.jpg", "aflw2000")
+        images = sorted(root.glob("*.jpg"))
+        index = cached_index(
+            "aflw2000", root, mats + images,
+            lambda: _build_aflw_index(root, mats, box_source, shape_params),
+            {"box_source": box_source, "shape_params": shape_params}, cache,
+        )  # fmt: skip
+        # No range limit here: out-of-range labels are the 99-filter's business (protocol).
+        index = euler_index_to_rotation(index, None)
+        index = apply_invalid_policy(index, on_invalid, "aflw2000")
+        skipped = index.attrs.get("skipped", 0)
+        filtered = 0
+        if filter_99:
+            keep = aflw2000_filter_mask(index.loc[:, ["pitch", "yaw", "roll"]].to_numpy(np.float64))
+            filtered = int((~keep).sum())
+            index = index[keep].reset_index(drop=True)
+            logger.info(
+                "aflw2000: 99-degree filter kept %d of %d", len(index), len(index) + filtered
+            )
+        index.attrs["skipped"] = skipped
+        index.attrs["filtered"] = filtered
+        super().__init__(index, root, image_size, crop_rule, train, seed)
+        self.num_filtered = filtered

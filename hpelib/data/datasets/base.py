@@ -1,0 +1,399 @@
+"""``IndexedPoseDataset``: a label index (pandas) + per-item image decode, crop and resize.
+
+Every file-based loader of :mod:`hpelib.data.datasets` builds ONE ``pandas.DataFrame`` with a
+row per item (cached by :mod:`hpelib.data.datasets.index_cache`), so that per-item work is
+only the image decode + crop + resize. Index columns (all optional except ``path`` and the
+rotation):
+
+==========================  ===============================================================
+column                      meaning
+==========================  ===============================================================
+``path``                    image path, relative to the dataset's ``root`` (or absolute)
+``r00 .. r22``              rotation, internal convention (:mod:`hpelib.rotation`), row-major
+``x0, y0, x1, y1``          face box in image pixels, the input of the crop rule (NaN = none)
+``lmx_i, lmy_i``            2D landmark ``i`` (0..67) in image pixels, NaN = missing/invisible
+``lmz_i``                   depth of landmark ``i`` (image-pixel scale, z into the scene,
+                            relative to the head centre)
+``hcx, hcy, hsize``         projected head centre and head size in image pixels
+``identity``                person id (int, -1 unknown)
+``occluded``                0/1
+``shape_params``            object column of 1-D float arrays
+``error``                   non-empty when the label could not be read (see ``on_invalid``)
+==========================  ===============================================================
+
+The sample dict produced is described in :mod:`hpelib.data.sample`. Boxes, landmarks, head
+centre and size in the sample are in CROP pixels (after the resize to ``image_size``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+__all__ = [
+    "BOX_COLUMNS",
+    "CROP_RULES",
+    "LANDMARK_COLUMNS",
+    "ROTATION_COLUMNS",
+    "CropRule",
+    "DatasetError",
+    "IndexedPoseDataset",
+    "OnInvalid",
+    "aflw2000_filter_mask",
+    "apply_invalid_policy",
+    "crop_rule_6drepnet",
+    "crop_rule_full",
+    "crop_rule_tight",
+    "decode_image",
+    "get_crop_rule",
+    "invalid_angle_reason",
+    "landmark_box",
+    "require_files",
+    "rotation_columns_from_matrices",
+]
+
+logger = logging.getLogger("hpelib.data")
+
+ROTATION_COLUMNS: tuple[str, ...] = tuple(f"r{i}{j}" for i in range(3) for j in range(3))
+BOX_COLUMNS: tuple[str, ...] = ("x0", "y0", "x1", "y1")
+LANDMARK_COLUMNS: tuple[tuple[str, ...], tuple[str, ...]] = (
+    tuple(f"lmx_{i}" for i in range(68)),
+    tuple(f"lmy_{i}" for i in range(68)),
+)
+LANDMARK_Z_COLUMNS: tuple[str, ...] = tuple(f"lmz_{i}" for i in range(68))
+
+#: What to do with an item whose label is unreadable, NaN/inf or out of range.
+OnInvalid = Literal["error", "skip"]
+
+#: A crop rule maps the face box ``(4,)`` (x0, y0, x1, y1, image pixels; may be NaN), the
+#: image size ``(width, height)`` and a generator (``None`` at test time) to the crop box.
+CropRule = Callable[[np.ndarray, tuple[int, int], "np.random.Generator | None"], np.ndarray]
+
+
+class DatasetError(ValueError):
+    """A dataset file or label is unusable; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- crop rules
+def crop_rule_6drepnet(
+    box: np.ndarray, image_wh: tuple[int, int], rng: np.random.Generator | None
+) -> np.ndarray:
+    """6DRepNet/HopeNet crop from the landmark box, exactly as the reference code.
+
+    Train (``rng`` given): ``k ~ U(0.2, 0.4)``, margins ``(0.6k, 2k, 0.6k, 0.6k)`` on
+    (x_min, y_min, x_max, y_max); test (``rng is None``): ``k = 0.2``, margins
+    ``(2k, 2k, 2k, 0.6k)``. As in the reference, the updates are SEQUENTIAL (``x_max`` grows by
+    the width measured after ``x_min`` moved) and PIL crops at ``int()`` of the result.
+    """
+    x_min, y_min, x_max, y_max = (float(v) for v in box)
+    if rng is None:
+        k, mx0, my0, mx1, my1 = 0.2, 2.0, 2.0, 2.0, 0.6
+    else:
+        k, mx0, my0, mx1, my1 = 0.2 + 0.2 * float(rng.random()), 0.6, 2.0, 0.6, 0.6
+    x_min -= mx0 * k * abs(x_max - x_min)
+    y_min -= my0 * k * abs(y_max - y_min)
+    x_max += mx1 * k * abs(x_max - x_min)
+    y_max += my1 * k * abs(y_max - y_min)
+    return np.array([x_min, y_min, x_max, y_max], dtype=np.float64)
+
+
+def crop_rule_tight(
+    box: np.ndarray, image_wh: tuple[int, int], rng: np.random.Generator | None
+) -> np.ndarray:
+    """Crop exactly the face box (OpNet ``rois``, a table's box); no box -> the whole image."""
+    if not np.all(np.isfinite(box)):
+        return crop_rule_full(box, image_wh, rng)
+    return np.asarray(box, dtype=np.float64)
+
+
+def crop_rule_full(
+    box: np.ndarray, image_wh: tuple[int, int], rng: np.random.Generator | None
+) -> np.ndarray:
+    """The whole image (pre-cropped data such as FSA-Net's BIWI npz)."""
+    return np.array([0.0, 0.0, float(image_wh[0]), float(image_wh[1])])
+
+
+#: Named crop rules; datasets accept a name or any callable with the :data:`CropRule` signature.
+CROP_RULES: dict[str, CropRule] = {
+    "6drepnet": crop_rule_6drepnet,
+    "hopenet": crop_rule_6drepnet,
+    "tight": crop_rule_tight,
+    "full": crop_rule_full,
+}
+
+
+def get_crop_rule(rule: str | CropRule) -> CropRule:
+    """Look up a crop rule by name (see :data:`CROP_RULES`) or pass a callable through."""
+    if callable(rule):
+        return rule
+    try:
+        return CROP_RULES[rule.lower()]
+    except KeyError:
+        raise ValueError(f"unknown crop rule {rule!r}; known: {sorted(CROP_RULES)}") from None
+
+
+def landmark_box(points: np.ndarray) -> np.ndarray:
+    """Box ``(4,)`` (x0, y0, x1, y1) of ``(N, 2)`` points, ignoring missing ones.
+
+    A point is missing when a coordinate is negative (``pt2d`` marks invisible points with
+    ``-1``) or not finite. Raises ``ValueError`` when no point is left.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    ok = np.all(np.isfinite(pts), axis=1) & np.all(pts >= 0, axis=1)
+    if not ok.any():
+        raise ValueError("no valid landmark (all negative or NaN)")
+    pts = pts[ok]
+    return np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()])
+
+
+# ------------------------------------------------------------------------ label validity
+def aflw2000_filter_mask(angles_deg: np.ndarray) -> np.ndarray:
+    """AFLW2000 protocol filter (HopeNet, FSA-Net, 6DRepNet): keep items whose three Euler
+    angles ``(N, 3)`` (degrees) all satisfy ``|angle| <= 99``. Returns a ``(N,)`` bool mask of
+    items to KEEP (1969 of the 2000 AFLW2000 images)."""
+    a = np.asarray(angles_deg, dtype=np.float64)
+    return np.all(np.isfinite(a), axis=-1) & np.all(np.abs(a) <= 99.0, axis=-1)
+
+
+def invalid_angle_reason(
+    angles_deg: np.ndarray, names: Sequence[str], limit_deg: float | None
+) -> list[str]:
+    """Per row of ``(N, 3)`` degrees: ``""`` when valid, else why (NaN/inf or ``|a| > limit``)."""
+    a = np.asarray(angles_deg, dtype=np.float64).reshape(-1, 3)
+    reasons = []
+    for row in a:
+        why = ""
+        for name, v in zip(names, row, strict=True):
+            if not math.isfinite(v):
+                why = f"{name} is {v}"
+                break
+            if limit_deg is not None and abs(v) > limit_deg:
+                why = f"{name} = {v:.2f} degrees is outside [-{limit_deg:g}, {limit_deg:g}]"
+                break
+        reasons.append(why)
+    return reasons
+
+
+def apply_invalid_policy(
+    index: pd.DataFrame, on_invalid: OnInvalid, dataset: str, label_column: str = "label_file"
+) -> pd.DataFrame:
+    """Drop or reject rows whose ``error`` column is non-empty.
+
+    ``on_invalid="error"`` raises :class:`DatasetError` naming the first bad file (and how many
+    there are); ``"skip"`` drops them and logs the count on the ``hpelib.data`` logger. The
+    number of skipped rows is stored in ``index.attrs["skipped"]``.
+    """
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    if "error" not in index.columns:
+        index.attrs["skipped"] = 0
+        return index
+    bad = index["error"].fillna("").astype(str) != ""
+    n_bad = int(bad.sum())
+    if n_bad and on_invalid == "error":
+        row = index[bad].iloc[0]
+        where = row[label_column] if label_column in index.columns else row["path"]
+        raise DatasetError(
+            f"{dataset}: {where}: {row['error']} ({n_bad} invalid item(s) in total; "
+            "pass on_invalid='skip' to drop them)"
+        )
+    out = index[~bad].reset_index(drop=True)
+    out.attrs["skipped"] = n_bad
+    if n_bad:
+        logger.warning("%s: skipped %d invalid item(s) of %d", dataset, n_bad, len(index))
+    return out
+
+
+# ------------------------------------------------------------------------- image helpers
+def decode_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file fully decoded as RGB; a missing/corrupt/truncated file raises
+    :class:`DatasetError` naming it (PIL would otherwise fail lazily, far from the cause)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot decode image {path}: {err}") from err
+
+
+def _to_crop(points: np.ndarray, crop: np.ndarray, size: int) -> np.ndarray:
+    """Image-pixel points ``(..., 2)`` -> crop pixels after resizing ``crop`` to ``size``."""
+    scale = np.array([size / (crop[2] - crop[0]), size / (crop[3] - crop[1])])
+    return (points - crop[:2]) * scale
+
+
+# ------------------------------------------------------------------------------- dataset
+def _columns(index: pd.DataFrame, names: Sequence[str]) -> np.ndarray | None:
+    if not all(n in index.columns for n in names):
+        return None
+    return index.loc[:, list(names)].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+class IndexedPoseDataset(Dataset):
+    """Base of the file-based datasets: an index DataFrame (see module docstring) + crops.
+
+    Args:
+        index: one row per item (columns in the module docstring).
+        root: folder that relative ``path`` values are relative to.
+        image_size: side ``S`` of the square output crop (the crop box is resized to S x S,
+            aspect ratio not kept, as the references' crop-then-resize).
+        crop_rule: name in :data:`CROP_RULES` or a callable.
+        train: use the crop rule's random (train) variant; the randomness comes from a
+            generator seeded by ``(seed, epoch, item index)``, so it is reproducible.
+        seed: seed of the train-time crop jitter; :meth:`set_epoch` changes it per epoch.
+    """
+
+    name: str = "indexed"
+
+    def __init__(
+        self,
+        index: pd.DataFrame,
+        root: str | os.PathLike[str] | None = None,
+        image_size: int = 224,
+        crop_rule: str | CropRule = "tight",
+        train: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        missing = [c for c in ("path", *ROTATION_COLUMNS) if c not in index.columns]
+        if missing:
+            raise ValueError(f"{self.name}: index lacks columns {missing}")
+        self.index = index.reset_index(drop=True)
+        self.root = Path(root) if root is not None else None
+        self.image_size = int(image_size)
+        self.crop_rule = get_crop_rule(crop_rule)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        # Column arrays once: DataFrame row access per item is far slower than numpy indexing.
+        self._paths = self.index["path"].astype(str).tolist()
+        rot = self.index.loc[:, list(ROTATION_COLUMNS)].to_numpy(dtype=np.float32)
+        self._rotation = torch.from_numpy(rot.reshape(-1, 3, 3).copy())
+        self._box = _columns(self.index, BOX_COLUMNS)
+        lmx, lmy = (_columns(self.index, c) for c in LANDMARK_COLUMNS)
+        self._lm = None if lmx is None or lmy is None else np.stack([lmx, lmy], axis=-1)
+        self._lmz = _columns(self.index, LANDMARK_Z_COLUMNS)
+        self._head = _columns(self.index, ("hcx", "hcy", "hsize"))
+        self._identity = (
+            self.index["identity"].fillna(-1).to_numpy(dtype=np.int64)
+            if "identity" in self.index.columns
+            else None
+        )
+        self._occluded = (
+            self.index["occluded"].fillna(0).to_numpy(dtype=bool)
+            if "occluded" in self.index.columns
+            else None
+        )
+        self._shape = (
+            self.index["shape_params"].tolist() if "shape_params" in self.index.columns else None
+        )
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @property
+    def num_skipped(self) -> int:
+        """Items dropped by ``on_invalid="skip"`` or a protocol filter at construction."""
+        return int(self.index.attrs.get("skipped", 0)) + int(self.index.attrs.get("filtered", 0))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the train-time crop jitter per epoch (still reproducible from ``seed``)."""
+        self.epoch = int(epoch)
+
+    def image_path(self, i: int) -> Path:
+        """Absolute path of item ``i``'s image."""
+        p = Path(self._paths[i])
+        return p if p.is_absolute() or self.root is None else self.root / p
+
+    def load_image(self, i: int) -> Image.Image:
+        """Decoded RGB image of item ``i`` (array-backed datasets override this)."""
+        return decode_image(self.image_path(i))
+
+    def crop_box(self, i: int, image_wh: tuple[int, int]) -> np.ndarray:
+        """Integer crop box ``(4,)`` of item ``i`` in image pixels (PIL crops at ``int()``)."""
+        box = self._box[i] if self._box is not None else np.full(4, np.nan)
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
+        crop = np.asarray(self.crop_rule(box, image_wh, rng), dtype=np.float64)
+        if not np.all(np.isfinite(crop)):
+            raise DatasetError(f"{self.name}: {self.image_path(i)}: crop box {crop} is not finite")
+        crop = np.trunc(crop)
+        if crop[2] <= crop[0] or crop[3] <= crop[1]:
+            raise DatasetError(
+                f"{self.name}: {self.image_path(i)}: crop box {crop.tolist()} has zero area"
+            )
+        return crop
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {self.name} of length {len(self)}")
+        img = self.load_image(i)
+        crop = self.crop_box(i, img.size)
+        s = self.image_size
+        # Out-of-image parts of the box are black, as PIL's crop in the references.
+        patch = img.crop(tuple(int(v) for v in crop)).resize((s, s), Image.Resampling.BILINEAR)
+        image = torch.from_numpy(np.asarray(patch, dtype=np.uint8).copy()).permute(2, 0, 1)
+        sample: dict[str, Any] = {
+            "image": image.contiguous(),
+            "rotation": self._rotation[i].clone(),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }
+        scale = 0.5 * (s / (crop[2] - crop[0]) + s / (crop[3] - crop[1]))
+        box = self._box[i] if self._box is not None else None
+        if box is not None and np.all(np.isfinite(box)):
+            corners = _to_crop(box.reshape(2, 2), crop, s).reshape(4)
+            sample["box"] = torch.from_numpy(corners.astype(np.float32))
+        if self._lm is not None:
+            lm = self._lm[i]
+            visible = np.all(np.isfinite(lm), axis=1)
+            if visible.any():
+                xy = np.where(visible[:, None], _to_crop(np.nan_to_num(lm), crop, s), 0.0)
+                sample["landmarks_2d"] = torch.from_numpy(xy.astype(np.float32))
+                sample["landmarks_visible"] = torch.from_numpy(visible)
+                if self._lmz is not None and np.all(np.isfinite(self._lmz[i])):
+                    xyz = np.concatenate([xy, self._lmz[i][:, None] * scale], axis=1)
+                    sample["landmarks_3d"] = torch.from_numpy(xyz.astype(np.float32))
+        if self._head is not None and np.all(np.isfinite(self._head[i])):
+            hc = _to_crop(self._head[i][:2], crop, s)
+            sample["head_center"] = torch.from_numpy(hc.astype(np.float32))
+            sample["head_size"] = torch.tensor(self._head[i][2] * scale, dtype=torch.float32)
+        if self._identity is not None:
+            sample["identity"] = torch.tensor(self._identity[i], dtype=torch.int64)
+        if self._occluded is not None:
+            sample["occluded"] = torch.tensor(bool(self._occluded[i]))
+        # Rows without shape parameters hold None/NaN scalars in the object column.
+        if self._shape is not None and np.ndim(self._shape[i]) > 0:
+            sample["shape_params"] = torch.as_tensor(
+                np.asarray(self._shape[i], dtype=np.float32).reshape(-1)
+            )
+        return sample
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n={len(self)}, root={self.root}, image_size={self.image_size}, "
+            f"train={self.train})"
+        )
+
+
+def rotation_columns_from_matrices(r: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+    """``(N, 3, 3)`` internal matrices -> ``{"r00": (N,), ..., "r22": (N,)}`` index columns."""
+    m = np.asarray(torch.as_tensor(r).detach().cpu().double().numpy()).reshape(-1, 9)
+    return {name: m[:, k] for k, name in enumerate(ROTATION_COLUMNS)}
+
+
+def require_files(folder: Path, files: Sequence[Path], pattern: str, dataset: str) -> None:
+    """Raise :class:`DatasetError` naming ``folder`` and the expected pattern when empty."""
+    if not folder.is_dir():
+        raise DatasetError(f"{dataset}: folder {folder} does not exist (expected {pattern})")
+    if not files:
+        raise DatasetError(f"{dataset}: no files matching {pattern} in {folder}")

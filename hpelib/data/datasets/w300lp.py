@@ -1,0 +1,279 @@
+"""300W-LP (and the shared reader of 3DDFA-style ``.mat`` labels, also used by AFLW2000).
+
+Layout (as distributed)::
+
+    300W_LP/
+      AFW/ HELEN/ IBUG/ LFPW/            <id>_<k>.jpg + <id>_<k>.mat   (k = synthesised view)
+      AFW_Flip/ HELEN_Flip/ ...          mirrored images, labels already mirrored
+      landmarks/AFW/<id>_<k>_pts.mat     optional: pts_2d, pts_3d (68 x 2); no _Flip entries
+
+``.mat`` keys used: ``Pose_Para`` (1 x 7: pitch, yaw, roll in radians, then translation and
+scale), ``pt2d`` (2 x 68 image pixels; negative = missing), optionally ``pt3d_68`` (3 x 68)
+and ``Shape_Para``. The label is converted once with
+:func:`hpelib.rotation.rotation_from_euler_300wlp` (reference ``R6 = Rz(roll) Ry(yaw) Rx(pitch)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.io
+import torch
+from PIL import Image
+
+from hpelib.data.datasets.base import (
+    BOX_COLUMNS,
+    LANDMARK_COLUMNS,
+    LANDMARK_Z_COLUMNS,
+    CropRule,
+    DatasetError,
+    IndexedPoseDataset,
+    OnInvalid,
+    apply_invalid_policy,
+    invalid_angle_reason,
+    landmark_box,
+    require_files,
+    rotation_columns_from_matrices,
+)
+from hpelib.data.datasets.index_cache import CacheSpec, cached_index
+from hpelib.data.datasets.registry import register_dataset
+from hpelib.rotation import rotation_from_euler_300wlp
+
+__all__ = ["W300LP_SUBSETS", "Pose300WLP", "read_3ddfa_mat", "euler_index_to_rotation"]
+
+logger = logging.getLogger("hpelib.data")
+
+W300LP_SUBSETS: tuple[str, ...] = ("AFW", "HELEN", "IBUG", "LFPW")
+BoxSource = Literal["pt2d", "pt3d_68"]
+_ANGLES = ("pitch", "yaw", "roll")
+
+
+def _landmark_columns(points: np.ndarray | None, depth: np.ndarray | None) -> dict[str, float]:
+    """(68, 2) points (negative = missing) and optional (68,) depth -> index columns."""
+    out: dict[str, float] = {}
+    if points is None or points.shape != (68, 2):
+        return out
+    missing = np.any(points < 0, axis=1) | ~np.all(np.isfinite(points), axis=1)
+    pts = np.where(missing[:, None], np.nan, points)
+    out.update(zip(LANDMARK_COLUMNS[0], pts[:, 0].tolist(), strict=True))
+    out.update(zip(LANDMARK_COLUMNS[1], pts[:, 1].tolist(), strict=True))
+    if depth is not None:
+        out.update(zip(LANDMARK_Z_COLUMNS, depth.tolist(), strict=True))
+    return out
+
+
+def read_3ddfa_mat(
+    mat_path: Path,
+    box_source: BoxSource = "pt2d",
+    shape_params: bool = False,
+    pt3d_fallback: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Labels of one 300W-LP/AFLW2000 ``.mat`` file as an index record.
+
+    Returns a dict with ``pitch, yaw, roll`` (degrees, from ``Pose_Para``), the face box
+    ``x0..y1`` of ``box_source`` (``pt2d`` ignoring negative points, or ``pt3d_68`` x/y),
+    landmarks (``pt3d_68`` x/y when present, with depth ``lmz_i = -(z - mean z)`` because the
+    file's z points towards the viewer; else ``pt2d`` when it has 68 points), optionally
+    ``shape_params``, and ``error`` (non-empty when unusable, e.g. a missing key).
+    ``pt3d_fallback`` (2, 68) replaces a missing ``pt3d_68`` for the box (300W-LP keeps it in
+    the ``landmarks/`` folder).
+    """
+    rec: dict[str, Any] = {"error": ""}
+    keys = ["Pose_Para", "pt2d", "pt3d_68"] + (["Shape_Para"] if shape_params else [])
+    try:
+        mat = scipy.io.loadmat(str(mat_path), variable_names=keys)
+    except Exception as err:  # scipy raises ValueError/OSError/TypeError on bad files
+        rec["error"] = f"cannot read .mat file: {err}"
+        return rec
+    if "Pose_Para" not in mat:
+        rec["error"] = "missing key 'Pose_Para'"
+        return rec
+    pose = np.asarray(mat["Pose_Para"], dtype=np.float64).reshape(-1)
+    if pose.size < 3:
+        rec["error"] = f"'Pose_Para' has {pose.size} values, expected 7"
+        return rec
+    rec.update({n: math.degrees(v) for n, v in zip(_ANGLES, pose[:3], strict=True)})
+    pt2d = np.asarray(mat["pt2d"], dtype=np.float64) if "pt2d" in mat else None
+    pt3d = np.asarray(mat["pt3d_68"], dtype=np.float64) if "pt3d_68" in mat else None
+    if pt3d is not None and pt3d.shape != (3, 68):
+        rec["error"] = f"'pt3d_68' has shape {pt3d.shape}, expected (3, 68)"
+        return rec
+    try:
+        if box_source == "pt2d":
+            if pt2d is None:
+                raise ValueError("missing key 'pt2d'")
+            box = landmark_box(pt2d[:2].T)
+        elif box_source == "pt3d_68":
+            src = pt3d[:2] if pt3d is not None else pt3d_fallback
+            if src is None:
+                raise ValueError("missing key 'pt3d_68' (and no landmarks/ file)")
+            box = landmark_box(np.asarray(src).T)
+        else:
+            raise ValueError(f"unknown box_source {box_source!r}")
+    except ValueError as err:
+        rec["error"] = f"no face box from {box_source}: {err}"
+        return rec
+    rec.update(zip(BOX_COLUMNS, box.tolist(), strict=True))
+    if pt3d is not None:
+        rec.update(_landmark_columns(pt3d[:2].T, -(pt3d[2] - pt3d[2].mean())))
+    elif pt2d is not None and pt2d.shape == (2, 68):
+        rec.update(_landmark_columns(pt2d.T, None))
+    if shape_params and "Shape_Para" in mat:
+        rec["shape_params"] = np.asarray(mat["Shape_Para"], dtype=np.float32).reshape(-1)
+    return rec
+
+
+def euler_index_to_rotation(
+    index: pd.DataFrame, limit_deg: float | None, names: Sequence[str] = _ANGLES
+) -> pd.DataFrame:
+    """Mark NaN/out-of-range angles (degrees, columns ``pitch, yaw, roll``) in ``error`` and add
+    the internal rotation columns via :func:`rotation_from_euler_300wlp`."""
+    index = index.copy()
+    if "error" not in index.columns:
+        index["error"] = ""
+    index["error"] = index["error"].fillna("").astype(str)
+    for n in names:
+        if n not in index.columns:
+            index[n] = np.nan
+    angles = index.loc[:, list(names)].to_numpy(dtype=np.float64, na_value=np.nan)
+    unread = index["error"] != ""
+    reasons = invalid_angle_reason(
+        np.where(unread.to_numpy()[:, None], 0.0, angles), names, limit_deg
+    )
+    index["error"] = [e or r for e, r in zip(index["error"], reasons, strict=True)]
+    rad = torch.from_numpy(np.nan_to_num(np.radians(angles)))
+    rot = rotation_from_euler_300wlp(rad[:, 0], rad[:, 1], rad[:, 2])
+    for col, values in rotation_columns_from_matrices(rot).items():
+        index[col] = values
+    return index
+
+
+def _pts3d_from_landmarks_folder(
+    root: Path, subset: str, stem: str, image: Path
+) -> np.ndarray | None:
+    """``pts_3d`` (2, 68) of 300W-LP's ``landmarks/`` folder; mirrored for ``_Flip`` items."""
+    base = subset.removesuffix("_Flip")
+    path = root / "landmarks" / base / f"{stem}_pts.mat"
+    if not path.is_file():
+        return None
+    pts = np.asarray(scipy.io.loadmat(str(path), variable_names=["pts_3d"])["pts_3d"], float)
+    pts = pts.reshape(68, 2).T.copy()
+    if subset.endswith("_Flip"):
+        with Image.open(image) as img:  # header only: the width for the mirror
+            width = img.size[0]
+        pts[0] = width - pts[0]
+    return pts
+
+
+def _build_300wlp_index(
+    root: Path,
+    images: Sequence[Path],
+    mats: Sequence[Path],
+    box_source: BoxSource,
+    shape_params: bool,
+) -> pd.DataFrame:
+    records = []
+    mat_set = set(mats)
+    for mat in mats:
+        subset = mat.parent.name
+        image = mat.with_suffix(".jpg")
+        fallback = None
+        if box_source == "pt3d_68" and image.is_file():
+            fallback = _pts3d_from_landmarks_folder(root, subset, mat.stem, image)
+        rec = read_3ddfa_mat(mat, box_source, shape_params, fallback)
+        if not image.is_file() and not rec["error"]:
+            rec["error"] = f"image {image.name} not found next to the label"
+        rec.update(
+            path=os.path.relpath(image, root),
+            label_file=os.path.relpath(mat, root),
+            subset=subset,
+            person=mat.stem.rsplit("_", 1)[0],
+        )
+        records.append(rec)
+    for image in images:
+        if image.with_suffix(".mat") not in mat_set:
+            records.append({
+                "path": os.path.relpath(image, root),
+                "label_file": os.path.relpath(image, root),
+                "subset": image.parent.name, "person": image.stem.rsplit("_", 1)[0],
+                "error": "image has no .mat label file",
+            })  # fmt: skip
+    index = pd.DataFrame.from_records(records)
+    # Same <id> (the original photo) = same person, across k and across the _Flip folder.
+    index["identity"] = pd.factorize(index["person"], sort=True)[0].astype(np.int64)
+    return index
+
+
+@register_dataset("300wlp", "300w_lp", "w300lp")
+class Pose300WLP(IndexedPoseDataset):
+    """300W-LP as read by 6DRepNet/HopeNet (training set of the standard protocol).
+
+    Args:
+        root: the ``300W_LP`` folder.
+        subsets: which of ``AFW, HELEN, IBUG, LFPW`` to read (missing folders are skipped
+            with a log line; at least one must exist).
+        flipped: also read the ``<subset>_Flip`` folders (mirrored images and labels).
+        image_size: side of the output crop.
+        train: random (seeded) 6DRepNet crop margins instead of the fixed test margins.
+        crop_rule: ``"6drepnet"`` (default), ``"tight"``, or a callable (:mod:`.base`).
+        box_source: ``"pt2d"`` (6DRepNet/HopeNet) or ``"pt3d_68"`` (OpNet/RankPose; taken
+            from the ``landmarks/`` folder's ``pts_3d`` when the ``.mat`` has none).
+        seed: seed of the train-time crop jitter.
+        on_invalid: ``"error"`` (default) or ``"skip"`` for unreadable labels, missing
+            images, NaN angles or angles beyond ``angle_limit_deg``.
+        angle_limit_deg: largest accepted ``|angle|`` (degrees), ``None`` = no limit.
+        shape_params: also load ``Shape_Para`` (199 values) as ``shape_params``.
+        cache: label index cache location (:mod:`.index_cache`).
+
+    Items carry ``identity`` (same original photo = same person) for pair samplers.
+    """
+
+    name = "300wlp"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        subsets: Sequence[str] = W300LP_SUBSETS,
+        flipped: bool = True,
+        image_size: int = 224,
+        train: bool = True,
+        crop_rule: str | CropRule = "6drepnet",
+        box_source: BoxSource = "pt2d",
+        seed: int = 0,
+        on_invalid: OnInvalid = "error",
+        angle_limit_deg: float | None = 180.0,
+        shape_params: bool = False,
+        cache: CacheSpec = "auto",
+    ) -> None:
+        root = Path(root)
+        if isinstance(subsets, str):
+            subsets = [subsets]
+        folders = [s for name in subsets for s in ([name, f"{name}_Flip"] if flipped else [name])]
+        present = [f for f in folders if (root / f).is_dir()]
+        if not present:
+            raise DatasetError(
+                f"300wlp: none of the folders {folders} exists in {root} "
+                "(expected <root>/{AFW,HELEN,IBUG,LFPW}[_Flip]/<id>_<k>.{jpg,mat})"
+            )
+        for f in sorted(set(folders) - set(present)):
+            logger.info("300wlp: folder %s not found in %s, skipped", f, root)
+        mats = sorted(m for f in present for m in (root / f).glob("*.mat"))
+        require_files(root, mats, f"{{{','.join(present)}}}/<id>_<k>.mat", "300wlp")
+        images = sorted(m for f in present for m in (root / f).glob("*.jpg"))
+        options = {"box_source": box_source, "shape_params": shape_params, "folders": present}
+        # Images are part of the key too: an added/removed image changes the index's errors.
+        index = cached_index(
+            "300wlp", root, mats + images,
+            lambda: _build_300wlp_index(root, images, mats, box_source, shape_params),
+            options, cache,
+        )  # fmt: skip
+        index = euler_index_to_rotation(index, angle_limit_deg)
+        index = apply_invalid_policy(index, on_invalid, "300wlp")
+        super().__init__(index, root, image_size, crop_rule, train, seed)
