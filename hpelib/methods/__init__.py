@@ -7,6 +7,7 @@ or import them here.
 from hpelib.methods.base import HPEModule
 from hpelib.methods.clerf import CLERF, CLERFSupervised
 from hpelib.methods.lechpe import LECHPE, LECHPENet
+from hpelib.methods.opnet import OpNet, OpNetModel
 from hpelib.methods.rankpose import RankPose, RankPoseNet
 from hpelib.methods.sixd import SixD, SixDNet
 
@@ -16,6 +17,8 @@ __all__ = [
     "HPEModule",
     "LECHPE",
     "LECHPENet",
+    "OpNet",
+    "OpNetModel",
     "RankPose",
     "RankPoseNet",
     "SixD",

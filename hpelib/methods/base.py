@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from hpelib.data.sample import mask_key
 from hpelib.metrics import PoseMetrics
-from hpelib.rotation import rotation_to_euler
+from hpelib.rotation import euler_names, rotation_to_euler
 
 __all__ = ["HPEModule"]
 
@@ -135,15 +136,39 @@ class HPEModule(LightningModule):
         self._evaluate(batch, self.test_metrics[dataloader_idx], f"test/{name}" if name else "test")
 
     def on_test_epoch_end(self) -> None:
+        summary = {}
         for name, metric in zip(self._test_set_names, self.test_metrics, strict=True):
-            self._log_metrics(metric, f"test/{name}" if name else "test")
+            values = self._log_metrics(metric, f"test/{name}" if name else "test")
+            if values is not None:
+                summary[name or "test"] = values
+        if summary and not self.trainer.sanity_checking:
+            self._print_summary(summary)
 
-    def _log_metrics(self, metric: PoseMetrics, prefix: str) -> None:
+    def _log_metrics(self, metric: PoseMetrics, prefix: str) -> dict[str, Tensor] | None:
         if int(metric.count) == 0 and not torch.distributed.is_initialized():
-            return
+            return None
         values = metric.compute()
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, add_dataloader_idx=False)
+        values["n"] = values.pop("count")
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items() if k != "n"}, add_dataloader_idx=False)
         metric.reset()
+        return values
+
+    @rank_zero_only
+    def _print_summary(self, summary: dict[str, dict[str, Tensor]]) -> None:
+        """One row per test set (Lightning's own table repeats every key per dataloader)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        names = euler_names(self.euler_convention)
+        columns = [f"{n}_mae" for n in names] + ["mae", "geodesic"]
+        table = Table(title="hpelib test results (degrees)")
+        table.add_column("test set")
+        for column in (*columns, "n"):
+            table.add_column(column, justify="right")
+        for set_name, values in summary.items():
+            cells = [f"{float(values[c]):.2f}" for c in columns]
+            table.add_row(set_name, *cells, str(int(values["n"])))
+        Console().print(table)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         outputs = self(batch["image"])

@@ -60,7 +60,7 @@ class PoseMetrics(Metric):
         range_edges: bin edges in degrees of ``|label angle|``, e.g. ``(0, 30, 60, 90, 180)``.
 
     ``compute()`` returns a flat dict: ``yaw_mae``, ``pitch_mae``, ``roll_mae``, ``mae`` (their
-    mean), ``geodesic`` and,
+    mean), ``geodesic``, ``count`` (samples seen, summed over processes) and,
     with a breakdown, ``mae@yaw[0,30)`` style keys plus ``count@...``.
     """
 
@@ -115,6 +115,7 @@ class PoseMetrics(Metric):
     def compute(self) -> dict[str, Tensor]:
         mean = self.sums / self.count.clamp_min(1)
         out = {k: mean[i].float() for i, k in enumerate(self.keys)}
+        out["count"] = self.count.float()
         if self.range_angle is not None:
             for b in range(len(self.range_edges) - 1):
                 lo, hi = self.range_edges[b], self.range_edges[b + 1]

@@ -1,0 +1,73 @@
+"""Batch-1 CPU latency of OpNet (MobileNetV1 and ResNet18 backbones) at 129x129.
+
+The paper reports about 5 ms or less for the MobileNet variant on a desktop CPU. This runs
+the whole :class:`~hpelib.methods.opnet.OpNetModel` (backbone + every head + covariances,
+eval mode, ``torch.inference_mode``) on one monochrome crop with ``torch.set_num_threads``,
+after a warm-up, and prints the median (and 10/90th percentiles) of ``--runs`` calls as a
+Markdown table, with the median process CPU time per call (a contention-free figure when
+``--threads 1``; on a busy host the wall-clock numbers include waiting for a core).
+
+    python benchmarks/opnet_latency.py                 # 2 threads, 129 px
+    python benchmarks/opnet_latency.py --threads 1 --runs 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from hpelib.methods.opnet import OpNetModel, synthetic_keypoint_model
+from hpelib.methods.opnet.model import DeformableKeypoints
+from hpelib.nn import count_parameters
+
+
+def measure(model: torch.nn.Module, image: torch.Tensor, warmup: int, runs: int) -> tuple[list[float], list[float]]:
+    """Per-call wall-clock and process CPU times in ms (CPU time summed over threads: with
+    one thread it is the latency on an idle core, robust to other processes on the host)."""
+    wall, cpu = [], []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(image)
+        for _ in range(runs):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            model(image)
+            wall.append((time.perf_counter() - start) * 1e3)
+            cpu.append((time.process_time() - start_cpu) * 1e3)
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=["mobilenetv1_100", "resnet18"])
+    parser.add_argument("--size", type=int, default=129)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    keypoints = DeformableKeypoints(*synthetic_keypoint_model(10))
+    image = torch.rand(1, 1, args.size, args.size) - 0.5
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{args.threads} threads, input 1x1x{args.size}x{args.size}, median of {args.runs} runs\n")  # fmt: skip
+    print("| backbone | parameters | median [ms] | p10 [ms] | p90 [ms] | median CPU time [ms] | goal <= 5 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.backbones:
+        model = OpNetModel(name, in_chans=1, keypoints=keypoints).eval()
+        wall, cpu = measure(model, image, args.warmup, args.runs)
+        t = sorted(wall)
+        med = statistics.median(t)
+        p10, p90 = t[len(t) // 10], t[(9 * len(t)) // 10]
+        ok = "yes" if med <= 5.0 else "no"
+        print(
+            f"| {name} | {count_parameters(model) / 1e6:.2f} M | {med:.2f} | {p10:.2f} | {p90:.2f} "
+            f"| {statistics.median(cpu):.2f} | {ok} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
