@@ -162,13 +162,13 @@ class HPEModule(LightningModule):
         names = euler_names(self.euler_convention)
         columns = [f"{n}_mae" for n in names] + ["mae", "geodesic"]
         table = Table(title="hpelib test results (degrees)")
-        table.add_column("test set")
+        table.add_column("test set", no_wrap=True)
         for column in (*columns, "n"):
             table.add_column(column, justify="right")
         for set_name, values in summary.items():
             cells = [f"{float(values[c]):.2f}" for c in columns]
             table.add_row(set_name, *cells, str(int(values["n"])))
-        Console().print(table)
+        Console(width=max(100, 24 + 11 * (len(columns) + 1) + max(len(k) for k in summary))).print(table)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         outputs = self(batch["image"])

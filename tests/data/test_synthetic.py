@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from hpelib.data.sample import collate_samples
-
 from hpelib.data.synthetic import (
     SceneConfig,
     SyntheticAnchorPositives,
