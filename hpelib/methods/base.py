@@ -141,7 +141,9 @@ class HPEModule(LightningModule):
             values = self._log_metrics(metric, f"test/{name}" if name else "test")
             if values is not None:
                 summary[name or "test"] = values
-        if summary and not self.trainer.sanity_checking:
+        # trainer.test(verbose=False) silences Lightning's table; honour it for ours too.
+        verbose = getattr(self.trainer.test_loop, "verbose", True)
+        if summary and verbose and not self.trainer.sanity_checking:
             self._print_summary(summary)
 
     def _log_metrics(self, metric: PoseMetrics, prefix: str) -> dict[str, Tensor] | None:
