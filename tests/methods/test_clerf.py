@@ -344,7 +344,6 @@ class _Recorder(L.Callback):
             self.encoder_at_switch = {k: v.clone() for k, v in pl_module.model.encoder.state_dict().items()}
 
 
-@pytest.mark.slow
 def test_two_stages_in_one_fit_then_test_and_two_run_path(tmp_path):
     from hpelib.callbacks import StageSwitch
 

@@ -280,7 +280,6 @@ def test_two_stage_toy_run_switches_and_reports_metrics(tmp_path):
     assert {"test/all/mae", "test/all/geodesic"} <= set(results[1])
 
 
-@pytest.mark.slow
 def test_two_stage_toy_run_learns(tmp_path):
     module, trainer, dm, stages = _fit_two_stages(tmp_path, n_train=256, epochs=6, switch=4)
     assert stages == [1, 1, 1, 1, 2, 2]

@@ -338,7 +338,6 @@ def test_opnet_fits_with_schedule_and_swa(tmp_path):
     assert math.isfinite(toy["test/toy/geodesic"])
 
 
-@pytest.mark.slow
 def test_opnet_learns_toy_poses(tmp_path):
     toy = _fit_toy(tmp_path, samples=256, epochs=6, swa_start=4)
     assert toy["test/toy/geodesic"] < 100.0, toy  # chance is ~126 degrees
