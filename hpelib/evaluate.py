@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from hpelib.data.datamodule import HPEDataModule
 from hpelib.data.sample import collate_samples, mask_key
 from hpelib.metrics import pose_errors
+from hpelib.predict import load_module
 from hpelib.rotation import euler_names
 
 __all__ = ["VARIANTS", "evaluate", "per_sample_errors", "plot_error_cdf", "main"]
@@ -51,19 +52,6 @@ VARIANTS = {
     "fa": _wrap_fa,
     "occluded": _wrap_occluded,
 }
-
-
-def _load_module(checkpoint: str | Path) -> torch.nn.Module:
-    from hpelib.predict import _import_class
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "hpelib_class_path" not in ckpt:
-        raise ValueError(f"checkpoint {str(path)!r} was not written by an hpelib method")
-    cls = _import_class(ckpt["hpelib_class_path"])
-    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=False).eval()
 
 
 @torch.no_grad()
@@ -125,7 +113,7 @@ def evaluate(
     names = euler_names(convention)
     rows, all_errors = [], {}
     for ckpt in checkpoints:
-        module = _load_module(ckpt)
+        module = load_module(ckpt)
         for set_name, dataset in zip(datamodule.test_names, datamodule.test_datasets, strict=True):
             for variant in variants:
                 errors = per_sample_errors(

@@ -10,7 +10,6 @@ cropped and resized.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,14 @@ import kornia
 import numpy as np
 import pandas as pd
 import torch
+from kornia.color import rgb_to_grayscale
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from hpelib.rotation import ImageWarp, euler_names, rotation_to_euler
+from hpelib.specs import import_object
 
-__all__ = ["PosePrediction", "Predictor", "load", "IMAGE_SUFFIXES"]
+__all__ = ["PosePrediction", "Predictor", "load", "load_module", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -161,8 +162,7 @@ class Predictor:
             )
         batch = torch.cat(crops)
         if self.grayscale:
-            weights = torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)
-            batch = (batch * weights).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+            batch = rgb_to_grayscale(batch).expand(-1, 3, -1, -1)
         return (batch - self.mean) / self.std
 
     @torch.no_grad()
@@ -223,9 +223,25 @@ class Predictor:
         return table
 
 
-def _import_class(path: str) -> type:
-    module_name, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module_name), name)
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("hpelib_class_path") is None:
+        raise ValueError(f"checkpoint {str(path)!r} was not written by an hpelib method (no hpelib_class_path)")
+    return ckpt
+
+
+def _module_from(path: Path, ckpt: dict[str, Any]) -> torch.nn.Module:
+    cls = import_object(ckpt["hpelib_class_path"])
+    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=False).eval()
+
+
+def load_module(checkpoint: str | Path) -> torch.nn.Module:
+    """Rebuild the hpelib method saved in ``checkpoint`` (its class path is stored by
+    ``HPEModule.on_save_checkpoint``), in eval mode on the CPU."""
+    path = Path(checkpoint)
+    return _module_from(path, _read_checkpoint(path))
 
 
 def load(
@@ -237,14 +253,8 @@ def load(
     """Load a checkpoint written by ``hpelib fit`` (or any Lightning run of an hpelib method)
     and return a :class:`Predictor` with the training preprocessing."""
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    class_path = ckpt.get("hpelib_class_path")
-    if class_path is None:
-        raise ValueError(f"checkpoint {str(path)!r} was not written by an hpelib method (no hpelib_class_path)")
-    cls = _import_class(class_path)
-    module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    ckpt = _read_checkpoint(path)
+    module = _module_from(path, ckpt)
     prep = next(
         (v["preprocessing"] for v in ckpt.values() if isinstance(v, dict) and "preprocessing" in v),
         None,

@@ -62,15 +62,26 @@ def _rotation_array(rotation: Tensor | np.ndarray) -> np.ndarray:
     return r
 
 
+def _axis_directions(rotation: Tensor | np.ndarray) -> np.ndarray:
+    """``(3, 3)``: rows = the drawn axes (x, up, face direction) in camera coordinates."""
+    r = _rotation_array(rotation)
+    # Head up = -y (y points to the chin), face direction = -z (z points into the head).
+    return np.stack([r[:, 0], -r[:, 1], -r[:, 2]], axis=0)
+
+
+def _frame(pil: Image.Image, center: Sequence[float] | None, size: float | None) -> tuple[np.ndarray, float]:
+    """Default drawing centre (the image centre) and size (a third of the smaller side)."""
+    w, h = pil.size
+    center = ((w - 1) / 2, (h - 1) / 2) if center is None else center
+    return np.asarray(center, dtype=np.float64), min(w, h) / 3 if size is None else size
+
+
 def axes_endpoints(
     rotation: Tensor | np.ndarray, center: Sequence[float], size: float
 ) -> np.ndarray:
     """``(3, 2)`` image points of the red/green/blue axis tips (x, up, forward) drawn from
     ``center`` with length ``size`` pixels."""
-    r = _rotation_array(rotation)
-    # Head up = -y (y points to the chin), face direction = -z (z points into the head).
-    directions = np.stack([r[:, 0], -r[:, 1], -r[:, 2]], axis=0)
-    return np.asarray(center, dtype=np.float64)[None, :] + size * directions[:, :2]
+    return np.asarray(center, dtype=np.float64)[None, :] + size * _axis_directions(rotation)[:, :2]
 
 
 def draw_axes(
@@ -84,12 +95,9 @@ def draw_axes(
     image centre) with length ``size`` (default: a third of the smaller image side). The
     axis pointing away from the camera is drawn first so nearer axes stay on top."""
     pil = _to_pil(image)
-    w, h = pil.size
-    center = ((w - 1) / 2, (h - 1) / 2) if center is None else tuple(center)
-    size = min(w, h) / 3 if size is None else size
+    center, size = _frame(pil, center, size)
     tips = axes_endpoints(rotation, center, size)
-    r = _rotation_array(rotation)
-    depth = np.stack([r[2, 0], -r[2, 1], -r[2, 2]])
+    depth = _axis_directions(rotation)[:, 2]
     draw = ImageDraw.Draw(pil)
     for i in np.argsort(-depth):  # farthest first
         draw.line([tuple(center), tuple(tips[i])], fill=AXIS_COLORS[i], width=width)
@@ -106,9 +114,7 @@ def draw_cube(
     """Draw a pose cube around the head: the face side in blue, the back in red, the
     connecting edges in green."""
     pil = _to_pil(image)
-    w, h = pil.size
-    center = np.asarray(((w - 1) / 2, (h - 1) / 2) if center is None else center, dtype=np.float64)
-    size = min(w, h) / 3 if size is None else size
+    center, size = _frame(pil, center, size)
     r = _rotation_array(rotation)
     half = 0.5 * size
     signs = np.array([[x, y, z] for z in (-1, 1) for y in (-1, 1) for x in (-1, 1)], dtype=np.float64)

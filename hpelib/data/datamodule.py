@@ -19,16 +19,17 @@ batched augmentation (train only, labels transformed with the images) and normal
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from kornia.color import rgb_to_grayscale
 from lightning.pytorch import LightningDataModule
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
 from hpelib.data.sample import collate_samples
+from hpelib.specs import instantiate_spec, plain_spec
 
 __all__ = ["HPEDataModule", "build_dataset_from_spec", "NORMALIZATIONS"]
 
@@ -42,49 +43,16 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 _SPEC_META_KEYS = ("weight", "label")
 
 
-def _import_object(path: str) -> Any:
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"class_path {path!r} must be a dotted path like 'package.module.Class'")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import class_path {path!r}: {err}") from err
-
-
-def _plain(spec: Any) -> Any:
-    """jsonargparse may hand over specs as Namespaces; make them plain dicts (recursively)."""
-    if hasattr(spec, "as_dict"):
-        spec = spec.as_dict()
-    if isinstance(spec, Mapping):
-        return {k: _plain(v) for k, v in spec.items()}
-    if isinstance(spec, list | tuple):
-        return [_plain(v) for v in spec]
-    return spec
-
-
-def _instantiate_nested(value: Any) -> Any:
-    """Build ``{"class_path": ...}`` values inside ``init_args`` (e.g. the dataset wrapped by
-    an ``SAVariant``), like jsonargparse would."""
-    if isinstance(value, Mapping) and "class_path" in value:
-        return build_dataset_from_spec(value)
-    if isinstance(value, list):
-        return [_instantiate_nested(v) for v in value]
-    return value
-
-
 def build_dataset_from_spec(spec: Any) -> Dataset:
     """Turn a dataset spec (see module docstring) into a Dataset."""
     if isinstance(spec, Dataset):
         return spec
-    spec = _plain(spec)
+    spec = plain_spec(spec)
     if not isinstance(spec, Mapping):
         raise TypeError(f"a dataset spec must be a Dataset or a mapping, got {type(spec).__name__}")
     spec = {k: v for k, v in spec.items() if k not in _SPEC_META_KEYS}
     if "class_path" in spec:
-        cls = _import_object(spec["class_path"])
-        init_args = {k: _instantiate_nested(v) for k, v in (spec.get("init_args") or {}).items()}
-        return cls(**init_args)
+        return instantiate_spec(spec)
     if "name" in spec:
         from hpelib.data.datasets import build_dataset
 
@@ -144,8 +112,8 @@ class HPEDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.train_spec, self.val_spec, self.predict_spec = _plain(train), _plain(val), _plain(predict)
-        self.test_spec = _plain(test)
+        self.train_spec, self.val_spec, self.predict_spec = plain_spec(train), plain_spec(val), plain_spec(predict)
+        self.test_spec = plain_spec(test)
         self.samples_per_epoch = samples_per_epoch
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -297,8 +265,7 @@ class HPEDataModule(LightningDataModule):
             batch = self.augmentation(batch)
             image = batch["image"]
         if self.grayscale and image.shape[1] == 3:
-            weights = torch.tensor([0.299, 0.587, 0.114], device=image.device, dtype=image.dtype)
-            image = (image * weights.view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+            image = rgb_to_grayscale(image).expand(-1, 3, -1, -1)
         mean, std = (t.to(image.device, image.dtype) for t in self._mean_std)
         batch["image"] = (image - mean) / std
         return batch

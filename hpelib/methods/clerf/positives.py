@@ -26,8 +26,6 @@ Pieces:
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,6 +52,7 @@ from hpelib.rotation import (
     geodesic_distance,
     rotation_from_euler_clerf,
 )
+from hpelib.specs import instantiate_spec
 
 __all__ = [
     "SHARED_AUGMENTATIONS",
@@ -246,30 +245,6 @@ def make_positives(
     return out
 
 
-def _plain(spec: Any) -> Any:
-    """A (jsonargparse) ``Namespace`` spec -> a plain dict; anything else unchanged."""
-    if hasattr(spec, "as_dict") and callable(spec.as_dict):
-        return spec.as_dict()
-    if isinstance(spec, argparse.Namespace):
-        return {k: _plain(v) for k, v in vars(spec).items()}
-    return spec
-
-
-def _instantiate(spec: Any) -> Any:
-    """A ``{"class_path": ..., "init_args": {...}}`` mapping -> the object; objects pass through."""
-    spec = _plain(spec)
-    if not isinstance(spec, Mapping):
-        return spec
-    if "class_path" not in spec:
-        raise ValueError(f"expected a mapping with a 'class_path', got {dict(spec)!r}")
-    module_name, _, attr = str(spec["class_path"]).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import class_path {spec['class_path']!r}: {err}") from err
-    return cls(**dict(spec.get("init_args") or {}))
-
-
 class AnchorPositiveDataset(Dataset):
     """Adds a generated positive to every item of a training dataset.
 
@@ -297,8 +272,10 @@ class AnchorPositiveDataset(Dataset):
     ) -> None:
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode={padding_mode!r} is not one of {PADDING_MODES}")
-        self.dataset = build_dataset_from_spec(_plain(dataset))
-        self._source = _instantiate(source)
+        self.dataset = build_dataset_from_spec(dataset)
+        self._source = instantiate_spec(source)
+        if isinstance(self._source, Mapping):
+            raise ValueError(f"expected a mapping with a 'class_path', got {dict(self._source)!r}")
         self.seed, self.padding_mode, self.key = seed, padding_mode, key
 
     @property
