@@ -28,12 +28,20 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "index_build": ("index_build.py", ["--n", "500"]),
     "data_pipeline": ("data_pipeline.py", ["--repeats", "3"]),
     "opnet_latency": ("opnet_latency.py", ["--runs", "50", "--warmup", "10"]),
-    "rankpose_ablation": ("rankpose_ablation.py", ["--train", "256", "--test", "128", "--epochs", "2"]),
+    "rankpose_ablation": (
+        "rankpose_ablation.py",
+        ["--train", "256", "--test", "128", "--epochs", "2"],
+    ),
     "lechpe_beta_ablation": (
         "lechpe_beta_ablation.py",
         ["--train", "256", "--test", "128", "--stage1-epochs", "2", "--stage2-epochs", "1"],
     ),
-    "clerf_claims": ("clerf_claims.py", ["--train", "256", "--test", "128", "--epochs", "2", "--stage1", "1"]),
+    "clerf_claims": (
+        "clerf_claims.py",
+        ["--train", "256", "--test", "128", "--epochs", "2", "--stage1", "1"],
+    ),
+    # Lightning Trainer.fit vs a plain PyTorch loop, items/s per method.
+    "training_throughput": ("training_throughput.py", ["--quick"]),
 }
 
 
@@ -68,7 +76,9 @@ def run(name: str, full: bool, timeout: int) -> tuple[str, float, int]:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=list(BENCHMARKS))
-    parser.add_argument("--full", action="store_true", help="use each script's default (larger) settings")
+    parser.add_argument(
+        "--full", action="store_true", help="use each script's default (larger) settings"
+    )
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per benchmark")
     parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
     args = parser.parse_args(argv)

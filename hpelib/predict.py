@@ -3,17 +3,24 @@
 The predictor repeats the preprocessing the model was trained with (input size,
 normalisation, grayscale), read from the checkpoint, and accepts image paths, PIL images,
 ``(H, W, 3)`` uint8 arrays, and ``(3, H, W)`` / ``(B, 3, H, W)`` tensors (uint8, or float in
-[0, 1]). Without boxes the whole image is the face crop; with ``boxes`` (x0, y0, x1, y1 in
-the image's pixels) each box, enlarged by ``box_margin`` on every side and made square, is
-cropped and resized.
+[0, 1]). The face crop is one of:
+
+* nothing given: the whole image (already-cropped faces);
+* ``boxes`` (x0, y0, x1, y1 in the image's pixels): each box, enlarged by ``box_margin`` on
+  every side and made square, is cropped and resized;
+* ``crop_boxes``: the exact crop boxes in the data loaders' convention (pixel edges, cut and
+  resized without keeping the aspect ratio), e.g. a dataset's crop rule output;
+* ``detector`` (``"mediapipe"`` or a callable): faces are detected and their boxes turned
+  into the training crop by ``crop_rule`` (:func:`hpelib.detect.crop_boxes_from_detections`;
+  the crop must match the training crops, see :mod:`hpelib.detect`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kornia
 import numpy as np
@@ -26,7 +33,10 @@ from torch import Tensor
 from hpelib.rotation import ImageWarp, euler_names, rotation_to_euler
 from hpelib.specs import import_object
 
-__all__ = ["PosePrediction", "Predictor", "load", "load_module", "IMAGE_SUFFIXES"]
+if TYPE_CHECKING:
+    from hpelib.data.datasets.base import CropRule
+
+__all__ = ["PosePrediction", "Predictor", "annotate", "load", "load_module", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -41,6 +51,8 @@ class PosePrediction:
         names: angle names of ``convention``.
         convention: the Euler convention name.
         outputs: every tensor output of the method (e.g. OpNet's covariances), batched.
+        boxes: ``(B, 4)`` face boxes (x0, y0, x1, y1, image pixels) the crops were made
+            from (given ``boxes`` or detector boxes); ``None`` for whole images / crop boxes.
     """
 
     rotation: Tensor
@@ -48,13 +60,25 @@ class PosePrediction:
     names: tuple[str, str, str]
     convention: str
     outputs: dict[str, Tensor] = field(default_factory=dict)
+    boxes: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.rotation.shape[0])
 
+    @classmethod
+    def empty(cls, names: tuple[str, str, str], convention: str) -> PosePrediction:
+        """No face (e.g. a frame where the detector found none); ``boxes`` is ``(0, 4)``."""
+        return cls(
+            torch.zeros(0, 3, 3), torch.zeros(0, 3), names, convention, boxes=torch.zeros(0, 4)
+        )
+
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per image: the Euler angles and the row-major rotation matrix."""
-        data = {f"{n}_deg": self.euler_deg[:, i].tolist() for i, n in enumerate(self.names)}
+        """One row per image (or face): the box if any, the Euler angles and the row-major
+        rotation matrix."""
+        data: dict[str, list[float]] = {}
+        if self.boxes is not None:
+            data = {c: self.boxes[:, k].tolist() for k, c in enumerate(("x0", "y0", "x1", "y1"))}
+        data |= {f"{n}_deg": self.euler_deg[:, i].tolist() for i, n in enumerate(self.names)}
         flat = self.rotation.reshape(-1, 9)
         for k in range(9):
             data[f"r{k // 3}{k % 3}"] = flat[:, k].tolist()
@@ -100,6 +124,86 @@ def _square_boxes(boxes: Tensor, margin: float) -> Tensor:
     return torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=-1)
 
 
+def _edge_boxes_to_centres(boxes: Tensor, size: int) -> Tensor:
+    """Crop boxes in the loaders' convention (pixel edges: PIL cuts ``[x0, x1)`` and resizes
+    to ``size``) -> the pixel-centre boxes of :meth:`ImageWarp.crop_resize` that sample the
+    same points: output pixel ``j`` reads source ``x0 + (j + 0.5) * (x1 - x0) / size - 0.5``."""
+    half_step = 0.5 * (boxes[:, 2:] - boxes[:, :2]) / size
+    return torch.cat([boxes[:, :2] - 0.5 + half_step, boxes[:, 2:] - 0.5 - half_step], dim=-1)
+
+
+def _box_tensor(boxes: Any, n: int, what: str) -> Tensor | None:
+    if boxes is None:
+        return None
+    if isinstance(boxes, Tensor):
+        boxes = boxes.detach().cpu()
+    out = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+    if len(out) != n:
+        raise ValueError(f"got {len(out)} {what} for {n} images")
+    return out
+
+
+def _items(images: Any) -> list[Any]:
+    if isinstance(images, Tensor) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, list | tuple):
+        return list(images)
+    return [images]
+
+
+#: A face detector: ``(H, W, 3)`` uint8 RGB image -> ``(N, 4)`` boxes, most confident first.
+DetectorArg = str | Callable[[np.ndarray], Any]
+
+
+def _resolve_detector(detector: DetectorArg) -> Callable[[np.ndarray], Any]:
+    if callable(detector):
+        return detector
+    if detector == "mediapipe":
+        from hpelib.detect import detect_faces
+
+        return detect_faces
+    raise ValueError(
+        f"detector must be 'mediapipe' or a callable image -> (N, 4) boxes, got {detector!r}"
+    )
+
+
+def _detect(image: Tensor, detector: Callable[[np.ndarray], Any]) -> np.ndarray:
+    """``(N, 4)`` float boxes of the faces in a ``(3, H, W)`` float image."""
+    from hpelib.detect import _to_uint8_hwc
+
+    boxes = detector(_to_uint8_hwc(image.cpu()))
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+def _largest(boxes: np.ndarray) -> np.ndarray:
+    """The ``(4,)`` box of largest area among ``(N, 4)``: the subject of a photo; background
+    faces can score higher (a frontal bystander vs a turned subject)."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return boxes[int(np.argmax(area))]
+
+
+def annotate(image: Any, prediction: PosePrediction, width: int = 2) -> Any:
+    """Draw every face of ``prediction`` on ``image`` (PIL, ``(H, W, 3)`` array or
+    ``(3, H, W)`` tensor; same type back): the box outline (when the prediction has boxes) and
+    the head axes at the box centre, half the box side long (whole-image predictions: one set
+    of axes at the image centre)."""
+    from PIL import ImageDraw
+
+    from hpelib.viz import _like, _to_pil, draw_axes
+
+    pil = _to_pil(image)
+    if prediction.boxes is None:
+        for rot in prediction.rotation:
+            pil = draw_axes(pil, rot, width=width)
+        return _like(pil, image)
+    for rot, box in zip(prediction.rotation, prediction.boxes, strict=True):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        ImageDraw.Draw(pil).rectangle([x0, y0, x1, y1], outline=(255, 255, 255), width=1)
+        center = ((x0 + x1) / 2, (y0 + y1) / 2)
+        pil = draw_axes(pil, rot, center=center, size=max(x1 - x0, y1 - y0) / 2, width=width)
+    return _like(pil, image)
+
+
 class Predictor:
     """Runs a trained :class:`~hpelib.methods.HPEModule` on user images.
 
@@ -134,27 +238,34 @@ class Predictor:
         self.names = euler_names(convention)
         self.box_margin = box_margin
 
-    def preprocess(self, images: Any, boxes: Tensor | np.ndarray | None = None) -> Tensor:
-        """Images (see module docstring) -> normalised ``(B, 3, S, S)`` network input."""
-        if isinstance(images, Tensor) and images.ndim == 4:
-            items = list(images)
-        elif isinstance(images, list | tuple):
-            items = list(images)
-        else:
-            items = [images]
+    def preprocess(
+        self,
+        images: Any,
+        boxes: Tensor | np.ndarray | None = None,
+        crop_boxes: Tensor | np.ndarray | None = None,
+    ) -> Tensor:
+        """Images (see module docstring) -> normalised ``(B, 3, S, S)`` network input.
+
+        ``boxes`` (B, 4): face boxes, enlarged by ``box_margin`` and made square;
+        ``crop_boxes`` (B, 4): exact crops in the loaders' pixel-edge convention.
+        """
+        items = _items(images)
+        box_tensor = _box_tensor(boxes, len(items), "boxes")
+        crop_tensor = _box_tensor(crop_boxes, len(items), "crop_boxes")
+        if box_tensor is not None and crop_tensor is not None:
+            raise ValueError("give boxes or crop_boxes, not both")
         crops = []
-        box_tensor = None if boxes is None else torch.as_tensor(np.asarray(boxes), dtype=torch.float32).reshape(-1, 4)
-        if box_tensor is not None and len(box_tensor) != len(items):
-            raise ValueError(f"got {len(box_tensor)} boxes for {len(items)} images")
         for i, item in enumerate(items):
             img = _to_float_chw(item).to(self.device)
             h, w = img.shape[-2:]
-            box = (
-                torch.tensor([[0.0, 0.0, w - 1.0, h - 1.0]])
-                if box_tensor is None
-                else _square_boxes(box_tensor[i : i + 1], self.box_margin)
-            )
+            if box_tensor is not None:
+                box = _square_boxes(box_tensor[i : i + 1], self.box_margin)
+            elif crop_tensor is not None:
+                box = _edge_boxes_to_centres(crop_tensor[i : i + 1], self.image_size)
+            else:
+                box = torch.tensor([[0.0, 0.0, w - 1.0, h - 1.0]])
             warp = ImageWarp.crop_resize(box.to(self.device), self.image_size)
+            # Out-of-image parts are black (zero padding), as the loaders' PIL crop.
             crops.append(
                 kornia.geometry.transform.warp_affine(
                     img[None], warp.affine, (self.image_size, self.image_size), align_corners=True
@@ -165,19 +276,18 @@ class Predictor:
             batch = rgb_to_grayscale(batch).expand(-1, 3, -1, -1)
         return (batch - self.mean) / self.std
 
-    @torch.no_grad()
-    def predict(
-        self, images: Any, boxes: Tensor | np.ndarray | None = None, batch_size: int = 32
-    ) -> PosePrediction:
-        """Predict the pose of one image or a batch (paths, PIL, arrays, tensors)."""
-        inputs = self.preprocess(images, boxes)
+    def _run(self, inputs: Tensor, batch_size: int) -> PosePrediction:
+        """Network on ``(B, 3, S, S)`` preprocessed inputs, in chunks of ``batch_size``."""
+        if len(inputs) == 0:
+            return PosePrediction.empty(self.names, self.convention)
         chunks: list[dict[str, Tensor]] = [
             self.module(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)
         ]
         outputs = {
             k: torch.cat([c[k] for c in chunks]).cpu()
             for k in chunks[0]
-            if isinstance(chunks[0][k], Tensor) and chunks[0][k].shape[:1] == (min(batch_size, len(inputs)),)
+            if isinstance(chunks[0][k], Tensor)
+            and chunks[0][k].shape[:1] == (min(batch_size, len(inputs)),)
         }
         rotation = outputs["rotation"]
         return PosePrediction(
@@ -188,35 +298,140 @@ class Predictor:
             outputs=outputs,
         )
 
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Any,
+        boxes: Tensor | np.ndarray | None = None,
+        batch_size: int = 32,
+        *,
+        crop_boxes: Tensor | np.ndarray | None = None,
+        detector: DetectorArg | None = None,
+        crop_rule: str | CropRule = "6drepnet",
+    ) -> PosePrediction:
+        """Predict the pose of one image or a batch (paths, PIL, arrays, tensors).
+
+        Args:
+            images: one image or a batch (see the module docstring).
+            boxes: ``(B, 4)`` face boxes (x0, y0, x1, y1), enlarged by ``box_margin``.
+            batch_size: network batch size.
+            crop_boxes: ``(B, 4)`` exact crop boxes (loaders' pixel-edge convention).
+            detector: ``"mediapipe"`` (``pip install "hpelib[detect]"``) or a callable
+                ``(H, W, 3) uint8 -> (N, 4) boxes``; each image's largest face is
+                used (an image without a face is an error: see :meth:`predict_faces`).
+            crop_rule: detector box -> crop rule (:func:`hpelib.detect.crop_boxes_from_detections`);
+                ``"6drepnet"`` matches 300W-LP/AFLW2000 training, ``"synthetic"`` the
+                SyntheticHeads framing.
+
+        Returns:
+            :class:`PosePrediction` with ``B`` rows (``boxes`` set from ``boxes`` or the detector).
+        """
+        if detector is None:
+            pred = self._run(self.preprocess(images, boxes, crop_boxes), batch_size)
+            if boxes is not None:
+                pred.boxes = _box_tensor(boxes, len(pred), "boxes")
+            return pred
+        if boxes is not None or crop_boxes is not None:
+            raise ValueError("give a detector or boxes/crop_boxes, not both")
+        items = [_to_float_chw(x) for x in _items(images)]
+        find = _resolve_detector(detector)
+        faces = [_detect(img, find) for img in items]
+        missing = [i for i, f in enumerate(faces) if len(f) == 0]
+        if missing:
+            raise ValueError(
+                f"no face found in image(s) {missing[:10]} of {len(items)}; give boxes, or use "
+                "predict_faces (any number of faces per image)"
+            )
+        det = np.stack([_largest(f) for f in faces])
+        return self._predict_detections(items, det, crop_rule, batch_size)
+
+    def _predict_detections(
+        self, items: list[Tensor], det: np.ndarray, crop_rule: str | CropRule, batch_size: int
+    ) -> PosePrediction:
+        """One detector box ``det[i]`` per image ``items[i]`` -> predictions with boxes."""
+        from hpelib.detect import crop_boxes_from_detections
+
+        if not items:
+            return PosePrediction.empty(self.names, self.convention)
+        crops = np.concatenate(
+            [crop_boxes_from_detections(d[None], crop_rule, (img.shape[-1], img.shape[-2]))
+             for img, d in zip(items, det, strict=True)]
+        )  # fmt: skip
+        pred = self._run(self.preprocess(items, crop_boxes=crops), batch_size)
+        pred.boxes = torch.as_tensor(det, dtype=torch.float32).reshape(-1, 4)
+        return pred
+
+    @torch.no_grad()
+    def predict_faces(
+        self,
+        image: Any,
+        detector: DetectorArg = "mediapipe",
+        crop_rule: str | CropRule = "6drepnet",
+        batch_size: int = 32,
+    ) -> PosePrediction:
+        """Every face the detector finds in ONE image (a video frame): ``N >= 0`` rows, most
+        confident first, ``boxes`` = the detector boxes. See :meth:`predict` for the
+        arguments."""
+        img = _to_float_chw(image)
+        det = _detect(img, _resolve_detector(detector))
+        return self._predict_detections([img] * len(det), det, crop_rule, batch_size)
+
     def predict_folder(
         self,
         folder: str | Path,
         output_csv: str | Path | None = None,
         annotated_dir: str | Path | None = None,
         batch_size: int = 32,
+        detector: DetectorArg | None = None,
+        crop_rule: str | CropRule = "6drepnet",
     ) -> pd.DataFrame:
-        """Predict every image in ``folder``; optionally write a CSV and annotated copies."""
-        from hpelib.viz import draw_axes
+        """Predict every image in ``folder``; optionally write a CSV and annotated copies.
 
+        With a ``detector`` each image's largest face is used and the table gets its
+        box (``x0 .. y1``); images without a face get a row of NaN.
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
-            raise ValueError(f"image folder {str(folder)!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(
+                f"image folder {str(folder)!r} has no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        find = None if detector is None else _resolve_detector(detector)
         frames = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            pred = self.predict(chunk, batch_size=batch_size)
-            frame = pred.to_dataframe()
+            if find is None:
+                pred = self.predict(chunk, batch_size=batch_size)
+                found = list(range(len(chunk)))
+                frame = pred.to_dataframe()
+            else:
+                images = [_to_float_chw(p) for p in chunk]
+                faces = [_detect(img, find) for img in images]
+                found = [i for i, f in enumerate(faces) if len(f)]
+                det = np.stack([_largest(faces[i]) for i in found]) if found else np.zeros((0, 4))
+                pred = self._predict_detections(
+                    [images[i] for i in found], det, crop_rule, batch_size
+                )
+                # Faceless images keep their row, with NaN angles and box.
+                frame = pred.to_dataframe().set_axis(found).reindex(range(len(chunk)))
             frame.insert(0, "path", [p.name for p in chunk])
             frames.append(frame)
             if annotated_dir is not None:
                 out = Path(annotated_dir)
                 out.mkdir(parents=True, exist_ok=True)
-                for path, rot in zip(chunk, pred.rotation, strict=True):
+                for k, path in enumerate(chunk):
                     with Image.open(path) as img:
-                        draw_axes(img.convert("RGB"), rot).save(out / path.name)
+                        rgb = img.convert("RGB")
+                    if k in found:
+                        j = found.index(k)
+                        one = PosePrediction(
+                            pred.rotation[j : j + 1], pred.euler_deg[j : j + 1], pred.names, pred.convention,
+                            boxes=None if pred.boxes is None else pred.boxes[j : j + 1],
+                        )  # fmt: skip
+                        rgb = annotate(rgb, one)
+                    rgb.save(out / path.name)
         table = pd.concat(frames, ignore_index=True)
         if output_csv is not None:
             table.to_csv(output_csv, index=False)
@@ -228,7 +443,9 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("hpelib_class_path") is None:
-        raise ValueError(f"checkpoint {str(path)!r} was not written by an hpelib method (no hpelib_class_path)")
+        raise ValueError(
+            f"checkpoint {str(path)!r} was not written by an hpelib method (no hpelib_class_path)"
+        )
     return ckpt
 
 
@@ -260,7 +477,9 @@ def load(
         None,
     )
     if prep is None or prep.get("image_size") is None:
-        raise ValueError(f"checkpoint {str(path)!r} has no preprocessing record (image size); was it trained with HPEDataModule?")
+        raise ValueError(
+            f"checkpoint {str(path)!r} has no preprocessing record (image size); was it trained with HPEDataModule?"
+        )
     return Predictor(
         module,
         image_size=prep["image_size"],

@@ -26,7 +26,13 @@ import torch
 from kornia.color import rgb_to_grayscale
 from lightning.pytorch import LightningDataModule
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import (
+    ConcatDataset,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    WeightedRandomSampler,
+)
 
 from hpelib.data.sample import collate_samples
 from hpelib.specs import instantiate_spec, plain_spec
@@ -78,6 +84,51 @@ def _spec_label(spec: Any, dataset: Dataset, i: int) -> str:
     return getattr(dataset, "name", None) or f"{type(dataset).__name__.lower()}{i}"
 
 
+class _EpochSeeded:
+    """Mixin: the random draw of pass ``k`` over the data is seeded by ``seed + k``.
+
+    Lightning calls ``set_epoch(epoch)`` before every training epoch, so a run resumed from a
+    checkpoint at an epoch boundary sees the same order as an uninterrupted one (a generator
+    advanced from the global RNG would not: checkpoints do not store it). Without
+    ``set_epoch`` (e.g. inside Lightning's DDP sampler wrapper) each pass still advances.
+    """
+
+    seed: int
+    _pass: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self._pass = int(epoch)
+
+    def _next_generator(self) -> torch.Generator:
+        generator = torch.Generator().manual_seed(self.seed + self._pass)
+        self._pass += 1
+        return generator
+
+
+class EpochShuffleSampler(_EpochSeeded, RandomSampler):
+    """A ``RandomSampler`` (so Lightning still swaps in a ``DistributedSampler`` under DDP)
+    whose permutation for epoch ``k`` is a function of ``(seed, k)`` only."""
+
+    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed, self._pass = int(seed), 0
+
+    def __iter__(self):  # type: ignore[override]
+        yield from torch.randperm(len(self.data_source), generator=self._next_generator()).tolist()
+
+
+class EpochWeightedSampler(_EpochSeeded, WeightedRandomSampler):
+    """``WeightedRandomSampler`` whose draws for epoch ``k`` are a function of ``(seed, k)``."""
+
+    def __init__(self, weights: Tensor, num_samples: int, seed: int = 0) -> None:
+        super().__init__(weights, num_samples, replacement=True)
+        self.seed, self._pass = int(seed), 0
+
+    def __iter__(self):  # type: ignore[override]
+        self.generator = self._next_generator()
+        yield from super().__iter__()
+
+
 class HPEDataModule(LightningDataModule):
     """Datasets by spec, batched on-device augmentation, normalisation, DDP-ready loaders.
 
@@ -93,7 +144,8 @@ class HPEDataModule(LightningDataModule):
             ``"mirror"``, ``"clerf"``, ``"opnet"``) or an ``nn.Module`` batch transform.
         normalize: ``"imagenet"``, ``"symmetric"`` (to [-1, 1]), ``"none"`` or ``[mean, std]``.
         grayscale: convert images to one luminance channel repeated 3 times (OpNet).
-        seed: seed of the weighted sampler.
+        seed: seed of the training order (shuffle or weighted draws): epoch ``k`` uses
+            ``seed + k``, so a resumed run repeats the uninterrupted run's order.
     """
 
     def __init__(
@@ -200,16 +252,14 @@ class HPEDataModule(LightningDataModule):
         dataset = self._require(self.train_dataset, "train")
         weighted = len(set(self._train_weights)) > 1 or self.samples_per_epoch is not None
         if not weighted:
-            return self._loader(dataset, self.batch_size, shuffle=True)
+            sampler = EpochShuffleSampler(dataset, self.seed)
+            return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
         parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
         per_item = torch.cat(
             [torch.full((len(d),), w / max(len(d), 1), dtype=torch.float64)
              for d, w in zip(parts, self._train_weights, strict=True)]
         )
-        generator = torch.Generator().manual_seed(self.seed)
-        sampler = WeightedRandomSampler(
-            per_item, self.samples_per_epoch or len(dataset), replacement=True, generator=generator
-        )
+        sampler = EpochWeightedSampler(per_item, self.samples_per_epoch or len(dataset), self.seed)
         return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:

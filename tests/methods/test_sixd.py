@@ -38,7 +38,9 @@ def test_loss_masks_samples_without_label():
     outputs = {"rotation": hr.random_rotation(2)}
     target = outputs["rotation"].clone()
     target[1] = hr.random_rotation(1)[0]
-    loss, _ = module.compute_loss(outputs, {"rotation": target, "has_rotation": torch.tensor([True, False])})
+    loss, _ = module.compute_loss(
+        outputs, {"rotation": target, "has_rotation": torch.tensor([True, False])}
+    )
     assert float(loss) < 1e-6
 
 
@@ -53,22 +55,34 @@ def test_sixd_learns_toy_poses_and_reports_metrics(tmp_path):
     dm = HPEDataModule(
         train=AxisGlyphDataset(512, 32, seed=0),
         val=AxisGlyphDataset(64, 32, seed=1),
-        test={"toy": AxisGlyphDataset(128, 32, seed=2), "toy_copy": AxisGlyphDataset(32, 32, seed=3)},
+        test={
+            "toy": AxisGlyphDataset(128, 32, seed=2),
+            "toy_copy": AxisGlyphDataset(32, 32, seed=3),
+        },
         predict=AxisGlyphDataset(16, 32, seed=4),
         batch_size=32,
         normalize="none",
     )
     module = SixD(backbone="test_resnet", optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
     trainer = L.Trainer(
-        max_epochs=8, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=8,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, dm)
     results = trainer.test(module, dm, verbose=False)
     assert len(results) == 2
     toy = results[0]
     assert set(k for k in toy if k.startswith("test/toy/")) >= {
-        "test/toy/yaw_mae", "test/toy/pitch_mae", "test/toy/roll_mae", "test/toy/mae", "test/toy/geodesic"
+        "test/toy/yaw_mae",
+        "test/toy/pitch_mae",
+        "test/toy/roll_mae",
+        "test/toy/mae",
+        "test/toy/geodesic",
     }
     # Chance for uniform rotations is ~126 degrees.
     assert toy["test/toy/geodesic"] < 60.0, toy
@@ -87,3 +101,17 @@ def test_scheduler_is_configured():
     assert conf["lr_scheduler"]["interval"] == "step"
     with pytest.raises(ValueError, match="scheduler_interval"):
         SixD(backbone="test_resnet", scheduler_interval="batch")
+
+
+def test_channels_last_converts_weights_and_keeps_outputs():
+    torch.manual_seed(0)
+    plain = SixD(backbone="test_resnet").eval()
+    fast = SixD(backbone="test_resnet", channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.setup("fit")
+    convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = plain(images)["rotation"], fast(images)["rotation"]
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -35,7 +35,7 @@ logger = logging.getLogger("hpelib.data")
 
 
 def _build_aflw_index(
-    root: Path, mats: list[Path], box_source: BoxSource, shape_params: bool
+    root: Path, mats: list[Path], images: list[Path], box_source: BoxSource, shape_params: bool
 ) -> pd.DataFrame:
     records = []
     for mat in mats:
@@ -45,6 +45,14 @@ def _build_aflw_index(
             rec["error"] = f"image {image.name} not found next to the label"
         rec.update(path=os.path.relpath(image, root), label_file=os.path.relpath(mat, root))
         records.append(rec)
+    # An image without its label is reported (as 300W-LP does), not silently left out.
+    mat_set = set(mats)
+    for image in images:
+        if image.with_suffix(".mat") not in mat_set:
+            rel = os.path.relpath(image, root)
+            records.append(
+                {"path": rel, "label_file": rel, "error": "image has no .mat label file"}
+            )
     return pd.DataFrame.from_records(records)
 
 
@@ -61,7 +69,8 @@ class AFLW2000(IndexedPoseDataset):
             ``"pt3d_68"`` (OpNet/RankPose).
         filter_99: drop items with any ``|angle| > 99`` degrees (evaluation protocol); the
             count is logged and kept in ``num_skipped``.
-        on_invalid: ``"error"`` or ``"skip"`` for unreadable labels, missing images, NaN angles.
+        on_invalid: ``"error"`` or ``"skip"`` for unreadable labels, images without a label
+            and labels without an image, NaN angles.
         shape_params: also load ``Shape_Para``.
         seed: seed of the train-time crop jitter.
         cache: label index cache location (:mod:`.index_cache`).
@@ -88,7 +97,7 @@ class AFLW2000(IndexedPoseDataset):
         images = sorted(root.glob("*.jpg"))
         index = cached_index(
             "aflw2000", root, mats + images,
-            lambda: _build_aflw_index(root, mats, box_source, shape_params),
+            lambda: _build_aflw_index(root, mats, images, box_source, shape_params),
             {"box_source": box_source, "shape_params": shape_params}, cache,
         )  # fmt: skip
         # No range limit here: out-of-range labels are the 99-filter's business (protocol).

@@ -191,7 +191,8 @@ def apply_invalid_policy(
 
     ``on_invalid="error"`` raises :class:`DatasetError` naming the first bad file (and how many
     there are); ``"skip"`` drops them and logs the count on the ``hpelib.data`` logger. The
-    number of skipped rows is stored in ``index.attrs["skipped"]``.
+    number of skipped rows is stored in ``index.attrs["skipped"]``. When every row is
+    invalid, both policies raise: an empty dataset would only fail later, far from the cause.
     """
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
@@ -200,13 +201,15 @@ def apply_invalid_policy(
         return index
     bad = index["error"].fillna("").astype(str) != ""
     n_bad = int(bad.sum())
-    if n_bad and on_invalid == "error":
+    if n_bad and (on_invalid == "error" or n_bad == len(index)):
         row = index[bad].iloc[0]
         where = row[label_column] if label_column in index.columns else row["path"]
-        raise DatasetError(
-            f"{dataset}: {where}: {row['error']} ({n_bad} invalid item(s) in total; "
-            "pass on_invalid='skip' to drop them)"
+        hint = (
+            f"all {n_bad} item(s) are invalid, nothing left to load"
+            if n_bad == len(index)
+            else f"{n_bad} invalid item(s) in total; pass on_invalid='skip' to drop them"
         )
+        raise DatasetError(f"{dataset}: {where}: {row['error']} ({hint})")
     out = index[~bad].reset_index(drop=True)
     out.attrs["skipped"] = n_bad
     if n_bad:
@@ -331,6 +334,14 @@ class IndexedPoseDataset(Dataset):
         if crop[2] <= crop[0] or crop[3] <= crop[1]:
             raise DatasetError(
                 f"{self.name}: {self.image_path(i)}: crop box {crop.tolist()} has zero area"
+            )
+        w, h = image_wh
+        if crop[2] <= 0 or crop[3] <= 0 or crop[0] >= w or crop[1] >= h:
+            # PIL would return an all-black crop with a valid-looking label: labels made for
+            # another (larger) image or a swapped image file. Partial overlap is normal.
+            raise DatasetError(
+                f"{self.name}: {self.image_path(i)}: crop box {crop.tolist()} lies outside the "
+                f"{w} x {h} image (labels for a different image or image size?)"
             )
         return crop
 

@@ -37,7 +37,7 @@ logger = logging.getLogger("hpelib.data")
 CacheSpec = bool | str | os.PathLike[str] | None
 
 # Bump when the index layout written by any loader changes, to invalidate old caches.
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:

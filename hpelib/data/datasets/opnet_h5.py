@@ -218,7 +218,7 @@ class OpNetHDF5(IndexedPoseDataset):
                 with Image.open(io.BytesIO(arr.tobytes())) as img:
                     img.load()
                     return img.convert("RGB")
-            except OSError as err:
+            except (OSError, SyntaxError, ValueError) as err:  # as decode_image: PIL's kinds
                 raise DatasetError(f"cannot decode image {where}: {err}") from err
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[..., 0]

@@ -6,7 +6,8 @@ Columns (also written by :func:`hpelib.data.synthetic.write_table_dataset`):
 column                  meaning
 ======================  =======================================================================
 ``path``                image path, relative to the table's folder (or to ``image_root``)
-``x0, y0, x1, y1``      optional face box, image pixels (missing/NaN -> the whole image)
+``x0, y0, x1, y1``      optional face box, image pixels (all four missing/NaN -> the whole
+                        image; partly missing or infinite -> invalid row)
 ``r00 .. r22``          rotation in hpelib's internal convention, row-major, OR
 three angle columns     named by the Euler convention (``euler_names(euler_convention)``,
                         e.g. ``pitch, yaw, roll`` for ``"300wlp"``), degrees by default
@@ -30,6 +31,7 @@ import torch
 
 from hpelib.data.datasets.base import (
     BOX_COLUMNS,
+    LANDMARK_COLUMNS,
     ROTATION_COLUMNS,
     CropRule,
     DatasetError,
@@ -68,6 +70,24 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     raise DatasetError(f"table: {path}: unknown table format {suffix!r} (use .csv or .parquet)")
 
 
+def _require_numeric(df: pd.DataFrame, columns: list[str], table: Path) -> None:
+    """Convert ``columns`` (those present) to numbers in place; a non-numeric cell raises
+    :class:`DatasetError` naming the table, column, row and value (numpy's own error names
+    none of them). Empty cells become NaN, ``inf`` stays ``inf``."""
+    for col in columns:
+        if col not in df.columns or pd.api.types.is_numeric_dtype(df[col]):
+            continue
+        numbers = pd.to_numeric(df[col], errors="coerce")
+        bad = numbers.isna() & df[col].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DatasetError(
+                f"table: {table} row {i + 2}: column {col!r} is not a number "
+                f"({df[col].iloc[i]!r}; {int(bad.sum())} such cell(s) in the column)"
+            )
+        df[col] = numbers
+
+
 def _row_errors_for_matrices(m: np.ndarray) -> list[str]:
     finite = np.all(np.isfinite(m), axis=(1, 2))
     safe = np.where(finite[:, None, None], m, np.eye(3))
@@ -93,7 +113,8 @@ class PoseTable(IndexedPoseDataset):
         crop_rule: ``"tight"`` (default; the box, or the whole image without one),
             ``"6drepnet"``, ``"full"`` or a callable.
         on_invalid: ``"error"`` or ``"skip"`` for missing images, NaN/out-of-range angles,
-            non-rotation matrices, zero-area boxes.
+            non-rotation matrices, zero-area or partly missing/infinite boxes. A cell that is
+            not a number in a numeric column always raises :class:`DatasetError`.
         angle_limit_deg: largest accepted ``|angle|`` of angle columns, ``None`` = no limit.
         check_files: verify at construction that every image file exists.
         train, seed: as in :class:`IndexedPoseDataset`.
@@ -124,6 +145,9 @@ class PoseTable(IndexedPoseDataset):
             raise DatasetError(f"table: {table} has no rows")
         df = df.reset_index(drop=True).copy()
         df["path"] = df["path"].astype(str)
+        numeric = [*ROTATION_COLUMNS, *euler_names(euler_convention), *BOX_COLUMNS]
+        numeric += [*LANDMARK_COLUMNS[0], *LANDMARK_COLUMNS[1], "identity", "occluded"]
+        _require_numeric(df, numeric, table)
         df["label_file"] = [f"{table.name} row {i + 2}" for i in range(len(df))]  # 1 = header
         if all(c in df.columns for c in ROTATION_COLUMNS):
             m = df.loc[:, list(ROTATION_COLUMNS)].to_numpy(np.float64, na_value=np.nan)
@@ -149,8 +173,18 @@ class PoseTable(IndexedPoseDataset):
         if all(c in df.columns for c in BOX_COLUMNS):
             b = df.loc[:, list(BOX_COLUMNS)].to_numpy(np.float64, na_value=np.nan)
             empty = np.all(np.isfinite(b), 1) & ((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]))
+            # All four NaN = no box (the whole image); a partly missing or infinite box is
+            # a broken label, not a request for the whole image.
+            partial = ~np.all(np.isfinite(b), 1) & ~np.all(np.isnan(b), 1)
             errors = [
-                e or ("box has zero area" if z else "") for e, z in zip(errors, empty, strict=True)
+                e
+                or ("box has zero area" if z else "")
+                or (
+                    f"box (x0, y0, x1, y1) = {row.tolist()} is partly missing or infinite"
+                    if p
+                    else ""
+                )
+                for e, z, p, row in zip(errors, empty, partial, b, strict=True)
             ]
         if check_files:
             missing = [not (root / p).is_file() and not Path(p).is_file() for p in df["path"]]

@@ -95,13 +95,25 @@ def read_3ddfa_mat(
     if "Pose_Para" not in mat:
         rec["error"] = "missing key 'Pose_Para'"
         return rec
-    pose = np.asarray(mat["Pose_Para"], dtype=np.float64).reshape(-1)
+    arrays: dict[str, np.ndarray] = {}
+    for key in ("Pose_Para", "pt2d", "pt3d_68"):
+        if key not in mat:
+            continue
+        try:
+            arrays[key] = np.asarray(mat[key], dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            # A string, struct or cell array: numpy's own error names neither file nor key.
+            rec["error"] = f"{key!r} is not numeric ({err})"
+            return rec
+    pose = arrays["Pose_Para"].reshape(-1)
+    pt2d, pt3d = arrays.get("pt2d"), arrays.get("pt3d_68")
     if pose.size < 3:
         rec["error"] = f"'Pose_Para' has {pose.size} values, expected 7"
         return rec
     rec.update({n: math.degrees(v) for n, v in zip(_ANGLES, pose[:3], strict=True)})
-    pt2d = np.asarray(mat["pt2d"], dtype=np.float64) if "pt2d" in mat else None
-    pt3d = np.asarray(mat["pt3d_68"], dtype=np.float64) if "pt3d_68" in mat else None
+    if pt2d is not None and (pt2d.ndim != 2 or pt2d.shape[0] < 2):
+        rec["error"] = f"'pt2d' has shape {pt2d.shape}, expected (2, N) image x/y rows"
+        return rec
     if pt3d is not None and pt3d.shape != (3, 68):
         rec["error"] = f"'pt3d_68' has shape {pt3d.shape}, expected (3, 68)"
         return rec
@@ -158,16 +170,35 @@ def euler_index_to_rotation(
 def _pts3d_from_landmarks_folder(
     root: Path, subset: str, stem: str, image: Path
 ) -> np.ndarray | None:
-    """``pts_3d`` (2, 68) of 300W-LP's ``landmarks/`` folder; mirrored for ``_Flip`` items."""
+    """``pts_3d`` (2, 68) of 300W-LP's ``landmarks/`` folder; mirrored for ``_Flip`` items.
+
+    Raises :class:`DatasetError` naming the landmarks file (or the image, whose width the
+    mirror needs) when it is unreadable, lacks ``pts_3d`` or has the wrong size.
+    """
     base = subset.removesuffix("_Flip")
     path = root / "landmarks" / base / f"{stem}_pts.mat"
     if not path.is_file():
         return None
-    pts = np.asarray(scipy.io.loadmat(str(path), variable_names=["pts_3d"])["pts_3d"], float)
-    pts = pts.reshape(68, 2).T.copy()
+    rel = os.path.relpath(path, root)
+    try:
+        mat = scipy.io.loadmat(str(path), variable_names=["pts_3d"])
+    except Exception as err:  # scipy raises ValueError/OSError/TypeError/MatReadError
+        raise DatasetError(f"cannot read landmarks file {rel}: {err}") from err
+    if "pts_3d" not in mat:
+        raise DatasetError(f"landmarks file {rel}: missing key 'pts_3d'")
+    try:
+        pts = np.asarray(mat["pts_3d"], dtype=np.float64).reshape(68, 2).T.copy()
+    except (TypeError, ValueError) as err:
+        shape = np.shape(mat["pts_3d"])
+        raise DatasetError(
+            f"landmarks file {rel}: 'pts_3d' has shape {shape}, expected (68, 2)"
+        ) from err
     if subset.endswith("_Flip"):
-        with Image.open(image) as img:  # header only: the width for the mirror
-            width = img.size[0]
+        try:
+            with Image.open(image) as img:  # header only: the width for the mirror
+                width = img.size[0]
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DatasetError(f"cannot read image {image.name}: {err}") from err
         pts[0] = width - pts[0]
     return pts
 
@@ -185,9 +216,16 @@ def _build_300wlp_index(
         subset = mat.parent.name
         image = mat.with_suffix(".jpg")
         fallback = None
+        landmarks_error = ""
         if box_source == "pt3d_68" and image.is_file():
-            fallback = _pts3d_from_landmarks_folder(root, subset, mat.stem, image)
+            try:
+                fallback = _pts3d_from_landmarks_folder(root, subset, mat.stem, image)
+            except DatasetError as err:  # a per-item problem: on_invalid decides
+                landmarks_error = str(err)
         rec = read_3ddfa_mat(mat, box_source, shape_params, fallback)
+        if landmarks_error and rec["error"].startswith("no face box from pt3d_68"):
+            # The box needed the landmarks file: say what is wrong with it.
+            rec["error"] = landmarks_error
         if not image.is_file() and not rec["error"]:
             rec["error"] = f"image {image.name} not found next to the label"
         rec.update(
@@ -268,9 +306,15 @@ class Pose300WLP(IndexedPoseDataset):
         require_files(root, mats, f"{{{','.join(present)}}}/<id>_<k>.mat", "300wlp")
         images = sorted(m for f in present for m in (root / f).glob("*.jpg"))
         options = {"box_source": box_source, "shape_params": shape_params, "folders": present}
-        # Images are part of the key too: an added/removed image changes the index's errors.
+        # Images are part of the key too: an added/removed image changes the index's errors;
+        # so are the landmarks/ files the pt3d_68 boxes come from (an edit must rebuild).
+        landmark_files = (
+            sorted(p for s in subsets for p in (root / "landmarks" / s).glob("*_pts.mat"))
+            if box_source == "pt3d_68"
+            else []
+        )
         index = cached_index(
-            "300wlp", root, mats + images,
+            "300wlp", root, mats + images + landmark_files,
             lambda: _build_300wlp_index(root, images, mats, box_source, shape_params),
             options, cache,
         )  # fmt: skip

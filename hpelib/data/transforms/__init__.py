@@ -79,7 +79,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`build_augmentation`.
-AUGMENTATIONS: tuple[str, ...] = ("none", "mirror", "clerf", "opnet")
+AUGMENTATIONS: tuple[str, ...] = ("none", "mirror", "full_range", "clerf", "opnet")
 
 
 def build_augmentation(
@@ -95,6 +95,12 @@ def build_augmentation(
 
             - ``none``: identity.
             - ``mirror``: horizontal mirror with p=0.5 (6DRepNet).
+            - ``full_range``: in-plane rotation by any angle (p=1, uniform in +/-180 degrees)
+              and horizontal mirror (p=0.5), fused into one warp, reflection padding unless
+              ``padding_mode`` says otherwise. For full-range data, where every roll is in
+              the test distribution: each image becomes a new, exactly labelled sample every
+              epoch, which is what lets a small model generalise instead of memorising (see
+              docs/methods/sixd.md).
             - ``clerf``: in-plane rotation (p=0.5, 0-90 degrees either way) and the flip
               across a line at 0-90 degrees (p=0.3), fused into one warp, then
               :func:`clerf_photometric`.
@@ -115,6 +121,14 @@ def build_augmentation(
     modules: list[nn.Module] = []
     if name == "mirror":
         modules.append(RandomHorizontalMirror(p=0.5, padding_mode=padding_mode, generator=g))
+    elif name == "full_range":
+        geometric = [
+            RandomInPlaneRotation(p=1.0, max_degrees=180.0, generator=g),
+            RandomHorizontalMirror(p=0.5, generator=g),
+        ]
+        # Zero padding would paint black corners whose shape tells the rotation angle.
+        padding = "reflection" if padding_mode == "zeros" else padding_mode
+        modules.append(RandomGeometric(geometric, padding_mode=padding))
     elif name == "clerf":
         geometric = [
             RandomInPlaneRotation(p=0.5, max_degrees=90.0, generator=g),

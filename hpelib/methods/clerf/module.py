@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hpelib.callbacks.stages import enable_unused_parameter_detection
 from hpelib.data.sample import mask_key
 from hpelib.methods.base import HPEModule
 from hpelib.methods.clerf.loss import CLERFContrastiveLoss
@@ -183,6 +184,15 @@ class CLERF(_CLERFBase):
             self.load_encoder(encoder_checkpoint)
         if stage == 2:
             self.freeze_encoder()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.start_stage == 1:
+            # Stage 1 leaves the pose head without a gradient (and stage 2 the frozen encoder),
+            # which DDP rejects by default; StageSwitch does the same for its fits.
+            enable_unused_parameter_detection(
+                self._trainer, "CLERF stage 1 does not train the pose head"
+            )
 
     # ----------------------------------------------------------------- stages
     @property

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hpelib.callbacks.stages import enable_unused_parameter_detection
 from hpelib.data.sample import mask_key
 from hpelib.methods.base import HPEModule
 from hpelib.methods.lechpe.loss import (
@@ -48,7 +49,9 @@ STAGES: tuple[int, ...] = (1, 2)
 _CONVENTION = "300wlp"
 
 
-def _batch_mask(batch: dict[str, Any], key: str, default: bool, size: int, device: torch.device) -> Tensor:
+def _batch_mask(
+    batch: dict[str, Any], key: str, default: bool, size: int, device: torch.device
+) -> Tensor:
     """``batch[key]`` as a bool ``(B,)`` where its ``has_<key>`` mask is set, else ``default``."""
     if key not in batch:
         return torch.full((size,), default, dtype=torch.bool, device=device)
@@ -139,6 +142,14 @@ class LECHPE(HPEModule):
         if init_weights is not None:
             self.load_weights(init_weights)
             self.set_stage(stage)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.stage == 1:
+            # Stage 1 leaves the centroids without a gradient, which DDP rejects by default.
+            enable_unused_parameter_detection(
+                self._trainer, "LECHPE stage 1 does not train the centroids"
+            )
 
     # ----------------------------------------------------------------- stage state
     @property
@@ -243,12 +254,20 @@ class LECHPE(HPEModule):
         """Angle losses (+ ``beta * L_cluster`` in stage 2). In eval mode (validation,
         including the sanity check that runs before k-means) the clustering term is left out
         while the centroids are not initialised; in training that is an error."""
-        angles = rotation_to_euler(batch["rotation"].to(outputs["logits"].dtype), _CONVENTION, degrees=True)
+        angles = rotation_to_euler(
+            batch["rotation"].to(outputs["logits"].dtype), _CONVENTION, degrees=True
+        )
         mask = self.angle_mask(batch, angles)
         # Masked-out labels are replaced by 0 degrees so no invalid class reaches the CE.
         safe = torch.where(mask[:, None], angles, torch.zeros_like(angles))
         loss, l_class, l_reg = angle_loss(
-            outputs["logits"], safe, mask, self.alpha, self.bin_width, self.angle_min, self.expectation
+            outputs["logits"],
+            safe,
+            mask,
+            self.alpha,
+            self.bin_width,
+            self.angle_min,
+            self.expectation,
         )
         parts = {
             "angle_loss": loss.detach(),
@@ -264,7 +283,9 @@ class LECHPE(HPEModule):
                 )
             q = outputs["q"]
             reference = self.target_centroids if self.target_update_interval > 1 else self.centroids
-            q_target = soft_assignment(outputs["embedding"].detach(), reference.detach(), self.model.clustering.dof)
+            q_target = soft_assignment(
+                outputs["embedding"].detach(), reference.detach(), self.model.clustering.dof
+            )
             p = target_distribution(q_target)
             l_cluster = cluster_kl_loss(p, q)
             loss = loss + self.beta * l_cluster

@@ -10,6 +10,7 @@ with ``m_ib`` = sample ``b`` has the labels of term ``i`` (:func:`combine_losses
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import reduce
 
 import torch
 from torch import Tensor
@@ -53,6 +54,18 @@ DEFAULT_NLL_WEIGHTS: dict[str, float] = {
 DEFAULT_NLL_TOTAL_WEIGHT: float = 0.01
 
 
+def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors in their common dtype, at least float32.
+
+    Under ``torch.autocast(dtype=torch.bfloat16)`` the heads emit bfloat16 while labels stay
+    float32: ``torch.cross`` (quaternion product) then fails on the mixed dtypes and the
+    triangular solve of ``MultivariateNormal`` has no bfloat16 CPU kernel; bfloat16's 8-bit
+    mantissa would also flatten small rotation errors in the log-likelihood.
+    """
+    dtype = reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def quaternion_distance(pred: Tensor, target: Tensor) -> Tensor:
     """``L_rot = 1 - (q_hat . q)^2`` for unit quaternions ``(B, 4)`` -> ``(B,)``.
 
@@ -86,8 +99,10 @@ def rotation_nll(pred_quat: Tensor, target_quat: Tensor, scale_tril: Tensor) -> 
 
     ``r`` is the rotation vector of the error in the predicted head frame; ``Sigma =
     scale_tril @ scale_tril^T`` ``(B, 3, 3)``. The paper writes ``Im log`` (half the
-    rotation vector); the factor 2 only rescales the learned covariance by 4.
+    rotation vector); the factor 2 only rescales the learned covariance by 4. Evaluated in
+    at least float32 (bfloat16 inputs under autocast are upcast).
     """
+    pred_quat, target_quat, scale_tril = _at_least_float32(pred_quat, target_quat, scale_tril)
     delta = quaternion_multiply(quaternion_conjugate(pred_quat), target_quat)
     r = quaternion_rotation_vector(delta)
     dist = MultivariateNormal(torch.zeros_like(r), scale_tril=scale_tril, validate_args=False)
@@ -95,7 +110,9 @@ def rotation_nll(pred_quat: Tensor, target_quat: Tensor, scale_tril: Tensor) -> 
 
 
 def gaussian_nll(pred: Tensor, target: Tensor, scale_tril: Tensor) -> Tensor:
-    """``-log N(target; pred, L L^T)`` for ``(B, D)`` vectors and ``(B, D, D)`` factors."""
+    """``-log N(target; pred, L L^T)`` for ``(B, D)`` vectors and ``(B, D, D)`` factors,
+    evaluated in at least float32 (see :func:`rotation_nll`)."""
+    pred, target, scale_tril = _at_least_float32(pred, target, scale_tril)
     return -MultivariateNormal(pred, scale_tril=scale_tril, validate_args=False).log_prob(target)
 
 
@@ -161,7 +178,10 @@ def combine_losses(
     """
     total: Tensor | None = None
     parts: dict[str, Tensor] = {}
-    for prefix, group, w, scale in (("", terms, weights, 1.0), ("nll_", nll_terms, nll_weights, nll_total_weight)):
+    for prefix, group, w, scale in (
+        ("", terms, weights, 1.0),
+        ("nll_", nll_terms, nll_weights, nll_total_weight),
+    ):
         for name, (values, mask) in group.items():
             m = mask.to(values.dtype)
             # where() rather than a product: an unlabelled sample's value may be inf/NaN

@@ -71,7 +71,9 @@ def normalize_points(points: Tensor, height: int, width: int) -> Tensor:
     landmarks) are divided by ``W / 2``.
     """
     half = torch.tensor([width / 2.0, height / 2.0], dtype=points.dtype, device=points.device)
-    centre = torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], dtype=points.dtype, device=points.device)
+    centre = torch.tensor(
+        [(width - 1) / 2.0, (height - 1) / 2.0], dtype=points.dtype, device=points.device
+    )
     xy = (points[..., :2] - centre) / half
     return torch.cat([xy, points[..., 2:] / (width / 2.0)], dim=-1)
 
@@ -79,7 +81,9 @@ def normalize_points(points: Tensor, height: int, width: int) -> Tensor:
 def denormalize_points(points: Tensor, height: int, width: int) -> Tensor:
     """Inverse of :func:`normalize_points`."""
     half = torch.tensor([width / 2.0, height / 2.0], dtype=points.dtype, device=points.device)
-    centre = torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], dtype=points.dtype, device=points.device)
+    centre = torch.tensor(
+        [(width - 1) / 2.0, (height - 1) / 2.0], dtype=points.dtype, device=points.device
+    )
     return torch.cat([points[..., :2] * half + centre, points[..., 2:] * (width / 2.0)], dim=-1)
 
 
@@ -132,6 +136,14 @@ class CovarianceHead(nn.Module):
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         m = tril_from_features(self.norm(self.linear(features)))
+        # Under bf16 autocast eps would vanish next to large entries of M M^T and Cholesky
+        # could fail: form the covariance in (at least) float32 with autocast off.
+        if m.dtype in (torch.float16, torch.bfloat16):
+            m = m.float()
+        with torch.autocast(m.device.type, enabled=False):
+            return self._covariance(m)
+
+    def _covariance(self, m: Tensor) -> tuple[Tensor, Tensor]:
         eye = torch.eye(3, dtype=m.dtype, device=m.device)
         if self.form == "paper":
             cov = m @ m.transpose(-1, -2) + self.eps * eye
@@ -167,7 +179,12 @@ class DeformableKeypoints(nn.Module):
 
     def __init__(self, mean: Tensor, basis: Tensor, learnable: bool = False) -> None:
         super().__init__()
-        if mean.ndim != 2 or mean.shape[-1] != 3 or basis.ndim != 3 or basis.shape[1:] != mean.shape:
+        if (
+            mean.ndim != 2
+            or mean.shape[-1] != 3
+            or basis.ndim != 3
+            or basis.shape[1:] != mean.shape
+        ):
             raise ValueError(
                 f"keypoint model needs mean (P, 3) and basis (K, P, 3), got {tuple(mean.shape)} "
                 f"and {tuple(basis.shape)}"
@@ -202,13 +219,17 @@ def fit_keypoint_model(points: Tensor, num_components: int) -> tuple[Tensor, Ten
     """
     n = points.shape[0]
     if num_components < 1 or num_components > min(n - 1, points[0].numel()):
-        raise ValueError(f"num_components={num_components} must be in [1, {min(n - 1, points[0].numel())}]")
+        raise ValueError(
+            f"num_components={num_components} must be in [1, {min(n - 1, points[0].numel())}]"
+        )
     flat = points.reshape(n, -1).double()
     mean = flat.mean(0)
     _, s, vh = torch.linalg.svd(flat - mean, full_matrices=False)
     std = s[:num_components] / math.sqrt(n - 1)
     basis = vh[:num_components] * std[:, None]
-    return mean.reshape(points.shape[1:]).float(), basis.reshape(num_components, *points.shape[1:]).float()
+    return mean.reshape(points.shape[1:]).float(), basis.reshape(
+        num_components, *points.shape[1:]
+    ).float()
 
 
 def synthetic_keypoint_model(
@@ -286,7 +307,9 @@ class OpNetModel(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_chans = in_chans
-        self.backbone, num_features = create_backbone(backbone, pretrained, checkpoint_path, in_chans=in_chans)
+        self.backbone, num_features = create_backbone(
+            backbone, pretrained, checkpoint_path, in_chans=in_chans
+        )
         self.dropout = nn.Dropout(dropout)
         self.quat = nn.Linear(num_features, 4)
         self.xy = nn.Linear(num_features, 2)
@@ -305,8 +328,12 @@ class OpNetModel(nn.Module):
         if uncertainty:
             if covariance_eps is None:
                 covariance_eps = 1e-4 if covariance_form == "paper" else 1e-2
-            self.rotation_cov = CovarianceHead(num_features, covariance_form, covariance_eps, uncertainty_batchnorm)
-            self.coord_cov = CovarianceHead(num_features, covariance_form, covariance_eps, uncertainty_batchnorm)
+            self.rotation_cov = CovarianceHead(
+                num_features, covariance_form, covariance_eps, uncertainty_batchnorm
+            )
+            self.coord_cov = CovarianceHead(
+                num_features, covariance_form, covariance_eps, uncertainty_batchnorm
+            )
             self.box_scale = LearnedScale(4)
             if keypoints is not None:
                 self.shape_scale = LearnedScale(keypoints.num_params)
@@ -318,7 +345,9 @@ class OpNetModel(nn.Module):
             luma = torch.tensor(_LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
             images = (images * luma).sum(1, keepdim=True)
         elif images.shape[1] != self.in_chans:
-            raise ValueError(f"OpNetModel expects {self.in_chans} (or 3) channels, got {images.shape[1]}")
+            raise ValueError(
+                f"OpNetModel expects {self.in_chans} (or 3) channels, got {images.shape[1]}"
+            )
         return self.backbone(images)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
@@ -344,13 +373,19 @@ class OpNetModel(nn.Module):
             local = self.keypoints(shape)  # (B, 68, 3) head frame, head-radius units
             offset = torch.cat([coord[:, :2], torch.zeros_like(coord[:, :1])], dim=-1)
             out["shape_params"] = shape
-            out["landmarks_3d"] = offset[:, None] + coord[:, None, 2:] * local @ rotation.transpose(-1, -2)
+            out["landmarks_3d"] = offset[:, None] + coord[:, None, 2:] * local @ rotation.transpose(
+                -1, -2
+            )
         if self.uncertainty:
             out["rotation_scale_tril"], out["rotation_cov"] = self.rotation_cov(x)
             out["coord_scale_tril"], out["coord_cov"] = self.coord_cov(x)
-            out["rotation_uncertainty"] = torch.diagonal(out["rotation_cov"], dim1=-2, dim2=-1).sum(-1).sqrt()
+            out["rotation_uncertainty"] = (
+                torch.diagonal(out["rotation_cov"], dim1=-2, dim2=-1).sum(-1).sqrt()
+            )
             out["box_scale"] = self.box_scale()[None].expand(x.shape[0], -1)
             if self.keypoints is not None:
                 out["shape_scale"] = self.shape_scale()[None].expand(x.shape[0], -1)
-                out["landmarks_scale"] = self.landmarks_scale()[None, :, None].expand(x.shape[0], -1, 3)
+                out["landmarks_scale"] = self.landmarks_scale()[None, :, None].expand(
+                    x.shape[0], -1, 3
+                )
         return out
