@@ -76,6 +76,7 @@ def train_model(args: argparse.Namespace, test: Dataset) -> OpNet:
         optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
         scheduler=lambda o: WarmupStepLR(o),
         scheduler_interval="step",
+        nll_total_weight=args.nll_total_weight,
     )
     swa = L.pytorch.callbacks.StochasticWeightAveraging(swa_lrs=1e-4, swa_epoch_start=2 / 3, annealing_epochs=1)
     trainer = L.Trainer(
@@ -114,6 +115,9 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet10t")
     parser.add_argument("--out", type=Path, default=Path("runs/opnet/uncertainty_vs_error.png"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--nll-total-weight", type=float, default=0.01, help="beta_total (paper: 0.01)"
+    )
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     L.seed_everything(args.seed)
