@@ -3,15 +3,11 @@ are synced across ranks (the sample count is the whole test set, not one rank's 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.distributed.launch import run_module
 
 
 def test_sixd_ddp_two_cpu_processes_sync_metrics(tmp_path):
@@ -34,13 +30,8 @@ def test_sixd_ddp_two_cpu_processes_sync_metrics(tmp_path):
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for args in (["fit"], ["test", "--ckpt_path", "last"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "hpelib.cli", *args, "--config", str(path)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-        )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        result = run_module("hpelib.cli", [*args, "--config", str(path)], tmp_path, timeout=600)
     out = result.stdout
     # The summary is printed once (rank zero) with n = 24: each rank saw 12 samples.
     rows = re.findall(r"glyphs\s*│.*│\s*(\d+)\s*│", out)

@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 from hpelib.callbacks import kmeans
 from hpelib.data.datamodule import HPEDataModule
 from tests.distributed._ddp_methods import FITS, equivalence_setup, flat_params
-from tests.distributed.launch import run_script
+from tests.distributed.launch import run_module
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -31,7 +31,7 @@ def ddp_out(tmp_path_factory) -> Path:
     """One 2-process launch fitting every entry of FITS (about 35 s on 2 idle cores, most of
     it two interpreter starts)."""
     out = tmp_path_factory.mktemp("ddp_methods")
-    run_script("tests.distributed._ddp_methods", out, list(FITS))
+    run_module("tests.distributed._ddp_methods", [str(out), *FITS], out)
     return out
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from tests.distributed._resume import KILLED, SCENARIOS
-from tests.distributed.launch import run_script
+from tests.distributed.launch import run_module
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()) or not hasattr(os, "fork"),
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _launch(out: Path, runs: list[str]) -> None:
-    result = run_script("tests.distributed._resume", out, runs)
+    result = run_module("tests.distributed._resume", [str(out), *runs], out)
     status = json.loads((out / "status.json").read_text())
     expected = {run: KILLED if run.endswith(":killed") else 0 for run in runs}
     assert status == expected, result.stderr[-6000:]

@@ -85,7 +85,7 @@ AUGMENTATIONS: tuple[str, ...] = ("none", "mirror", "full_range", "clerf", "opne
 def build_augmentation(
     name: str,
     occlusion: float = 0.0,
-    padding_mode: str = "zeros",
+    padding_mode: str | None = None,
     generator: torch.Generator | None = None,
 ) -> nn.Sequential:
     """A named training augmentation pipeline.
@@ -96,8 +96,8 @@ def build_augmentation(
             - ``none``: identity.
             - ``mirror``: horizontal mirror with p=0.5 (6DRepNet).
             - ``full_range``: in-plane rotation by any angle (p=1, uniform in +/-180 degrees)
-              and horizontal mirror (p=0.5), fused into one warp, reflection padding unless
-              ``padding_mode`` says otherwise. For full-range data, where every roll is in
+              and horizontal mirror (p=0.5), fused into one warp, reflection padding by
+              default. For full-range data, where every roll is in
               the test distribution: each image becomes a new, exactly labelled sample every
               epoch, which is what lets a small model generalise instead of memorising (see
               docs/methods/sixd.md).
@@ -107,7 +107,10 @@ def build_augmentation(
             - ``opnet``: ROI jitter (scale 0.9-1.1, shift up to 5 %) and in-plane rotation
               (p=0.5, up to 30 degrees), fused into one warp, then :func:`opnet_photometric`.
         occlusion: if > 0, append :class:`RandomOcclusion` with this probability.
-        padding_mode: warp padding, one of :data:`PADDING_MODES`.
+        padding_mode: warp padding, one of :data:`PADDING_MODES`; ``None``: the pipeline's
+            default (``reflection`` for ``full_range``, whose rotations by any angle would
+            otherwise paint black corners whose shape tells the angle; ``zeros`` otherwise,
+            as the reference implementations pad).
         generator: optional CPU generator for all random decisions.
 
     Returns:
@@ -117,6 +120,8 @@ def build_augmentation(
         raise ValueError(f"augmentation name={name!r} is not one of {AUGMENTATIONS}")
     if not 0.0 <= occlusion <= 1.0:
         raise ValueError(f"occlusion={occlusion} must be a probability in [0, 1]")
+    if padding_mode is None:
+        padding_mode = "reflection" if name == "full_range" else "zeros"
     g = generator
     modules: list[nn.Module] = []
     if name == "mirror":
@@ -126,9 +131,7 @@ def build_augmentation(
             RandomInPlaneRotation(p=1.0, max_degrees=180.0, generator=g),
             RandomHorizontalMirror(p=0.5, generator=g),
         ]
-        # Zero padding would paint black corners whose shape tells the rotation angle.
-        padding = "reflection" if padding_mode == "zeros" else padding_mode
-        modules.append(RandomGeometric(geometric, padding_mode=padding))
+        modules.append(RandomGeometric(geometric, padding_mode=padding_mode))
     elif name == "clerf":
         geometric = [
             RandomInPlaneRotation(p=0.5, max_degrees=90.0, generator=g),
