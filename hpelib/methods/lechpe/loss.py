@@ -158,6 +158,8 @@ def cluster_kl_loss(p: Tensor, q: Tensor, mask: Tensor | None = None, eps: float
     Returns:
         Scalar ``>= 0``, exactly 0 when ``p == q``.
     """
-    # xlogy gives 0 * log 0 = 0 for empty target entries; identical P and Q cancel exactly.
-    per_sample = (torch.xlogy(p, p) - p * torch.log(q.clamp_min(eps))).sum(dim=-1)
+    # One log-ratio per entry, so identical P and Q cancel exactly (xlogy(p, p) - p log q can
+    # differ by rounding between the two kernels); empty target entries count 0 (0 log 0 = 0).
+    log_ratio = torch.log(p.clamp_min(eps)) - torch.log(q.clamp_min(eps))
+    per_sample = torch.where(p > 0, p * log_ratio, torch.zeros_like(p)).sum(dim=-1)
     return masked_mean(per_sample, mask)
