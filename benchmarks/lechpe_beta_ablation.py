@@ -31,7 +31,7 @@ import time
 
 import lightning as L
 import torch
-from ablation import fmt, quiet_trainer
+from ablation import fmt, paired_fmt, quiet_trainer
 
 from hpelib.callbacks import KMeansCentroidInit
 from hpelib.data.datamodule import HPEDataModule
@@ -114,19 +114,23 @@ def main() -> None:
         f"{args.test} clean + {args.test} occluded test heads ({occ_test:.0%} flagged), "
         f"{args.image_size} px, backbone {args.backbone}, K = {args.clusters}, stage 1 "
         f"{args.stage1_epochs} epochs then stage 2 {args.stage2_epochs} epochs per beta; "
-        f"render {render_s:.0f} s; training seeds {args.seeds} (mean ± std over seeds)\n"
+        f"render {render_s:.0f} s; training seeds {args.seeds} (mean ± std over seeds; the paired "
+        f"column is each seed's occluded MAE minus that seed's {names[1]} run, which shares its "
+        f"stage 1)\n"
     )
     print(
         "| run | clean MAE | clean geodesic | occluded MAE | occluded geodesic "
-        "| last-step L_cluster | time per seed (s) |"
+        f"| occluded MAE - {names[1]} (paired) | last-step L_cluster | time per seed (s) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+    reference = [rows[1][1]["occluded/mae"] for rows in per_seed]
     for i, name in enumerate(names):
         runs = [rows[i][1] for rows in per_seed]
         cells = " | ".join(fmt([r[f"{s}/{m}"] for r in runs]) for s in _SETS for m in ("mae", "geodesic"))
+        delta = "-" if i < 2 else paired_fmt([r["occluded/mae"] for r in runs], reference)
         kl = [r["cluster"] for r in runs]
         kl_cell = "-" if math.isnan(kl[0]) else fmt(kl, 4)
-        print(f"| {name} | {cells} | {kl_cell} | {sum(r['seconds'] for r in runs) / len(runs):.0f} |")
+        print(f"| {name} | {cells} | {delta} | {kl_cell} | {sum(r['seconds'] for r in runs) / len(runs):.0f} |")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def create_backbone(
         pretrained_cfg_overlay=overlay,
         **kwargs,
     )
-    return model, int(model.num_features)
+    # Models with a pre-logits conv/linear head (MobileNetV3, LCNet, MobileNetV4...) output
+    # `head_hidden_size` features with num_classes=0; `num_features` is the width before it.
+    return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 def count_parameters(module: nn.Module) -> int:
