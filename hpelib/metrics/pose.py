@@ -61,7 +61,8 @@ class PoseMetrics(Metric):
 
     ``compute()`` returns a flat dict: ``yaw_mae``, ``pitch_mae``, ``roll_mae``, ``mae`` (their
     mean), ``geodesic``, ``count`` (samples seen, summed over processes) and,
-    with a breakdown, ``mae@yaw[0,30)`` style keys plus ``count@...``.
+    with a breakdown, ``mae@yaw[0,30)`` style keys plus ``count@...`` (a bin without samples
+    reports NaN errors and count 0).
     """
 
     full_state_update = False
@@ -122,6 +123,7 @@ class PoseMetrics(Metric):
                 tag = f"{self.range_angle}[{lo:g},{hi:g})"
                 n = self.bin_counts[b]
                 out[f"count@{tag}"] = n.float()
-                out[f"mae@{tag}"] = (self.bin_sums[b, 0] / n.clamp_min(1)).float()
-                out[f"geodesic@{tag}"] = (self.bin_sums[b, 1] / n.clamp_min(1)).float()
+                # An empty bin has no error: NaN, not a perfect-looking 0.
+                out[f"mae@{tag}"] = (self.bin_sums[b, 0] / n).float()
+                out[f"geodesic@{tag}"] = (self.bin_sums[b, 1] / n).float()
         return out

@@ -54,6 +54,12 @@ def test_range_breakdown_counts_and_values():
     assert float(out["count@yaw[0,30)"]) == 1 and float(out["count@yaw[30,90)"]) == 1
     assert float(out["mae@yaw[0,30)"]) == pytest.approx(2.0 / 3, abs=1e-3)
     assert float(out["mae@yaw[30,90)"]) == pytest.approx(10.0 / 3, abs=1e-3)
+    empty = PoseMetrics(range_angle="yaw", range_edges=(0, 30, 90, 180))
+    empty.update(rot_deg(0, 10, 0), rot_deg(0, 12, 0))
+    out = empty.compute()  # no |yaw| >= 90 sample: no error to report, not a perfect 0
+    assert float(out["count@yaw[90,180)"]) == 0
+    assert torch.isnan(out["mae@yaw[90,180)"]) and torch.isnan(out["geodesic@yaw[90,180)"])
+    assert float(out["mae@yaw[0,30)"]) == pytest.approx(2.0 / 3, abs=1e-3)
     with pytest.raises(ValueError, match="range_angle"):
         PoseMetrics(range_angle="tilt")
 
