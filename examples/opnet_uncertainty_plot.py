@@ -13,8 +13,8 @@ face box), predicts with an OpNet and
 
     # evaluate a model trained with `hpelib fit --config examples/opnet.yaml`
     python examples/opnet_uncertainty_plot.py --ckpt runs/opnet/checkpoints/last.ckpt
-    # or train a small one here first (synthetic data, CPU, a few minutes)
-    python examples/opnet_uncertainty_plot.py --train-samples 8192 --epochs 12
+    # or train a small one here first (synthetic data, CPU, about 10 minutes)
+    python examples/opnet_uncertainty_plot.py --train-samples 8192 --epochs 24
 
 Training uses the OpNet augmentation plus random occluders on ``--train-occlusion`` of the
 samples (the paper's point: augmentation is what teaches the model which inputs are hard).
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--test-samples", type=int, default=512)
     parser.add_argument("--train-samples", type=int, default=8192)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--backbone", default="resnet10t")
     parser.add_argument("--train-occlusion", type=float, default=0.5,
