@@ -752,9 +752,9 @@ def render_heads(
     # that have one are touched).
     patch = flags[:, OCCLUDER_KINDS.index("patch")]
     if bool(patch.any()):
-        rows = patch.nonzero().squeeze(1)
-        q = sc["occluder_params"].float()[rows]
-        fb = box.float()[rows]
+        patched = patch.nonzero().squeeze(1)
+        q = sc["occluder_params"].float()[patched]
+        fb = box.float()[patched]
         size_wh = (fb[:, 2:] - fb[:, :2]).clamp_min(4.0)
         pc = fb[:, :2] + size_wh * (0.2 + 0.6 * q[:, 0:2])
         ph = size_wh * (0.15 + 0.2 * q[:, 2:4])
@@ -763,12 +763,12 @@ def render_heads(
             (ys32[None] - pc[:, 1, None, None]).abs() <= ph[:, 1, None, None]
         )
         tex = F.interpolate(
-            sc["background"].float()[rows, -3 * _FINE**2 :].reshape(-1, 3, _FINE, _FINE),
+            sc["background"].float()[patched, -3 * _FINE**2 :].reshape(-1, 3, _FINE, _FINE),
             size=(image_size, image_size), mode="nearest",
         )  # fmt: skip
         pcol = q[:, 4:7, None, None] * 0.7 + 0.3 * tex
-        img[rows] = torch.where(inside_patch[:, None], pcol, img[rows])
-        occ_mask[rows] = occ_mask[rows] | (inside_patch & face_mask[rows])
+        img[patched] = torch.where(inside_patch[:, None], pcol, img[patched])
+        occ_mask[patched] = occ_mask[patched] | (inside_patch & face_mask[patched])
     # Counted as bytes: summing bool converts the whole mask to int64 first.
     face_px = face_mask.flatten(1).view(torch.uint8).sum(1, dtype=torch.int32)
     occ_frac = occ_mask.flatten(1).view(torch.uint8).sum(1, dtype=torch.int32) / face_px.clamp_min(
