@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from hpelib.data.datamodule import HPEDataModule
@@ -28,6 +29,34 @@ class HPECLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[override]
         parser.set_defaults({"seed_everything": 0})
+
+    def before_validate(self) -> None:
+        self._require_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._require_last_checkpoint()
+
+    def before_predict(self) -> None:
+        self._require_last_checkpoint()
+
+    def _require_last_checkpoint(self) -> None:
+        """``--ckpt_path last`` with no last checkpoint: stop with an error. Lightning only
+        warns and then evaluates the untrained weights, which prints chance-level metrics
+        that look like a result."""
+        if self.config[self.subcommand].get("ckpt_path") != "last":
+            return
+        folders, found = [], set()
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                folders.append(str(callback.dirpath or self.trainer.default_root_dir))
+                found |= callback._find_last_checkpoints(self.trainer)
+        if not found:
+            where = ", ".join(folders) if folders else "(no ModelCheckpoint callback in the config)"
+            raise FileNotFoundError(
+                f"--ckpt_path last: no last checkpoint (last*.ckpt) in {where}. Run `hpelib fit` "
+                "with this config first (ModelCheckpoint with save_last: true), or pass a "
+                "checkpoint file."
+            )
 
 
 def main(args: list[str] | None = None) -> None:

@@ -56,6 +56,14 @@ def trained(tmp_path_factory):
     return tmp, config
 
 
+def test_test_last_without_checkpoint_is_an_error_naming_the_folder(tmp_path):
+    config = _config(tmp_path)
+    result = _hpelib("test", "--config", str(config), "--ckpt_path", "last", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "--ckpt_path last: no last checkpoint" in result.stderr
+    assert str(tmp_path / "run" / "checkpoints") in result.stderr
+
+
 def test_fit_then_test_last_prints_metrics(trained):
     tmp, config = trained
     assert (tmp / "run" / "checkpoints" / "last.ckpt").is_file()

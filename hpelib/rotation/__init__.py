@@ -25,6 +25,7 @@ from hpelib.rotation.conventions import (
 )
 from hpelib.rotation.core import (
     angle_difference,
+    chordal_distance,
     elementary_rotation,
     geodesic_distance,
     is_rotation_matrix,
@@ -59,6 +60,7 @@ __all__ = [
     "EulerConvention",
     "ImageWarp",
     "angle_difference",
+    "chordal_distance",
     "elementary_rotation",
     "euler_300wlp_from_rotation",
     "euler_clerf_from_rotation",

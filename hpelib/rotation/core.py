@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "angle_difference",
+    "chordal_distance",
     "elementary_rotation",
     "geodesic_distance",
     "quaternion_canonical",
@@ -139,6 +140,23 @@ def geodesic_distance(r1: Tensor, r2: Tensor) -> Tensor:
     cos = 0.5 * (m.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0)
     sin = safe_norm(vee(m))
     return torch.atan2(sin, cos)
+
+
+def chordal_distance(r1: Tensor, r2: Tensor) -> Tensor:
+    """Frobenius norm ``||r1 - r2||_F`` of ``(..., 3, 3)`` matrices (the chordal metric).
+
+    For rotations it equals ``2 * sqrt(2) * sin(theta / 2)`` of the geodesic angle ``theta``
+    (:func:`geodesic_distance`): the same ordering, but its square is smooth everywhere, which
+    makes it the L2 regression loss on rotation matrices (see
+    :func:`hpelib.nn.chordal_loss`). Finite (zero) gradient at ``r1 = r2``.
+
+    Args:
+        r1, r2: ``(..., 3, 3)`` matrices (broadcastable).
+
+    Returns:
+        ``(...)`` distances, in ``[0, 2 * sqrt(2)]`` for rotations.
+    """
+    return safe_norm((r1 - r2).flatten(-2), dim=-1)
 
 
 def rotation_from_6d(x: Tensor, eps: float = 1e-8) -> Tensor:

@@ -19,6 +19,7 @@ from hpelib.methods.clerf import (
     CLERFContrastiveLoss,
     CLERFSupervised,
     FolderPositiveSource,
+    PoseMLP,
     PositiveSource,
     SharedGeometricAugmentation,
     SyntheticPositiveSource,
@@ -386,3 +387,11 @@ def test_supervised_ablation_trains_encoder_and_head_end_to_end():
     assert set(parts) == {"geodesic_loss"}
     for part in (module.model.encoder, module.model.head):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_pose_mlp_orthonormalises_in_float32_under_bf16_autocast():
+    head = PoseMLP(16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        r = head(torch.randn(4, 16))
+    assert r.dtype == torch.float32
+    assert hr.is_rotation_matrix(r, atol=1e-5).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -31,6 +33,24 @@ def test_loss_zero_at_label_and_gradients_finite():
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert set(parts) == {"geodesic_loss"}
+
+
+def test_chordal_loss_option_and_unknown_loss_error():
+    module = SixD(backbone="test_resnet", loss="chordal")
+    pred = hr.rotation_z(torch.tensor([math.pi / 2, 0.0]))
+    loss, parts = module.compute_loss({"rotation": pred}, {"rotation": torch.eye(3).expand(2, 3, 3)})
+    assert set(parts) == {"chordal_loss"}
+    assert float(loss) == pytest.approx(2.0)  # (4 (1 - cos 90deg) + 0) / 2
+    with pytest.raises(ValueError, match="unknown rotation loss 'l2'"):
+        SixD(backbone="test_resnet", loss="l2")
+
+
+def test_head_orthonormalises_in_float32_under_bf16_autocast():
+    net = SixDNet("test_resnet").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        r = net(torch.randn(2, 3, 32, 32))
+    assert r.dtype == torch.float32
+    assert hr.is_rotation_matrix(r, atol=1e-5).all()
 
 
 def test_loss_masks_samples_without_label():

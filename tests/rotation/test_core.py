@@ -159,3 +159,23 @@ def test_batch_shapes_and_dtypes_are_preserved():
     assert hr.quaternion_from_rotation(r).shape == (2, 3, 4)
     assert hr.so3_log(r).shape == (2, 3, 3)
     assert hr.rotation_to_euler(r).shape == (2, 3, 3)
+
+
+@given(seeds)
+def test_chordal_distance_is_2sqrt2_sin_half_geodesic(seed):
+    a, b = rand_rot(seed), rand_rot(seed + 1)
+    expected = 2 * math.sqrt(2) * torch.sin(hr.geodesic_distance(a, b) / 2)
+    np.testing.assert_allclose(hr.chordal_distance(a, b).numpy(), expected.numpy(), atol=1e-9)
+    # an independent formula: ||A - B||_F^2 = 2 (3 - tr(A^T B)) for rotations
+    tr = (a.transpose(-1, -2) @ b).diagonal(dim1=-2, dim2=-1).sum(-1)
+    np.testing.assert_allclose(hr.chordal_distance(a, b).square().numpy(), (2 * (3 - tr)).numpy(), atol=1e-9)
+
+
+def test_chordal_distance_zero_with_finite_gradient_at_equal_inputs():
+    r = rand_rot(3, 4).requires_grad_()
+    d = hr.chordal_distance(r, r.detach())
+    assert torch.equal(d, torch.zeros(4, dtype=r.dtype))
+    d.sum().backward()
+    assert torch.isfinite(r.grad).all()
+    half_turn = hr.rotation_z(torch.tensor(math.pi, dtype=torch.float64))
+    assert hr.chordal_distance(half_turn, torch.eye(3, dtype=torch.float64)).item() == pytest.approx(2 * math.sqrt(2))

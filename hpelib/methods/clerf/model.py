@@ -76,7 +76,7 @@ class PoseMLP(nn.Module):
         self.mlp = MLP(in_features, hidden, depth, 6, input_skip=input_skip)
 
     def forward(self, embeddings: Tensor) -> Tensor:
-        return rotation_from_6d(self.mlp(embeddings))
+        return rotation_from_6d(self.mlp(embeddings).float())  # float32 under autocast
 
 
 class CLERFNet(nn.Module):

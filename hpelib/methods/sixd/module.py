@@ -10,7 +10,7 @@ from torch import Tensor
 from hpelib.data.sample import mask_key
 from hpelib.methods.base import HPEModule
 from hpelib.methods.sixd.model import SixDNet
-from hpelib.nn import geodesic_loss
+from hpelib.nn import get_rotation_loss
 
 __all__ = ["SixD"]
 
@@ -22,6 +22,10 @@ class SixD(HPEModule):
         backbone: any timm model name.
         pretrained: ImageNet weights through timm (False in quick-start configs: no network).
         checkpoint_path: local backbone weights file.
+        loss: a name in :data:`hpelib.nn.ROTATION_LOSSES`: ``"geodesic"`` (6DRepNet, the
+            default) or ``"chordal"`` (squared Frobenius distance, Zhou et al.'s L2 on the
+            matrix; leaves the initial plateau sooner when training from scratch on
+            full-range data, see docs/methods/sixd.md).
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -30,10 +34,13 @@ class SixD(HPEModule):
         backbone: str = "resnet18",
         pretrained: bool = False,
         checkpoint_path: str | Path | None = None,
+        loss: str = "geodesic",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.loss_name = loss
+        self.rotation_loss = get_rotation_loss(loss)
         self.model = SixDNet(backbone, pretrained, checkpoint_path)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
@@ -42,5 +49,5 @@ class SixD(HPEModule):
     def compute_loss(
         self, outputs: dict[str, Tensor], batch: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = geodesic_loss(outputs["rotation"], batch["rotation"], batch.get(mask_key("rotation")))
-        return loss, {"geodesic_loss": loss}
+        loss = self.rotation_loss(outputs["rotation"], batch["rotation"], batch.get(mask_key("rotation")))
+        return loss, {f"{self.loss_name}_loss": loss}
