@@ -39,14 +39,18 @@ from hpelib.data.pairs import IdentityPairs
 from hpelib.data.synthetic import SyntheticHeads
 from hpelib.methods.rankpose import RankPose
 
-#: name -> (output layer, beta). beta = 1: MSE only; beta = 0.5: the paper's MSE + ranking.
-VARIANTS: dict[str, tuple[str, float]] = {
-    "MSE": ("linear", 1.0),
-    "MSE+Cosine": ("cosine", 1.0),
-    "MSE+Arccos": ("arccos", 1.0),
-    "Ranking+MSE": ("linear", 0.5),
-    "Ranking+MSE+Cosine": ("cosine", 0.5),
-    "Ranking+MSE+Arccos": ("arccos", 0.5),
+#: name -> (output layer, beta, cosine scale alpha). beta = 1: MSE only; beta = 0.5: the
+#: paper's MSE + ranking. alpha = pi/2 is the paper's cosine scale, pi (+-180 degrees) the
+#: released code's, which leaves the bounded output headroom beyond the +-90-degree yaws.
+VARIANTS: dict[str, tuple[str, float, float]] = {
+    "MSE": ("linear", 1.0, math.pi / 2),
+    "MSE+Cosine": ("cosine", 1.0, math.pi / 2),
+    "MSE+Arccos": ("arccos", 1.0, math.pi / 2),
+    "Ranking+MSE": ("linear", 0.5, math.pi / 2),
+    "Ranking+MSE+Cosine": ("cosine", 0.5, math.pi / 2),
+    "Ranking+MSE+Arccos": ("arccos", 0.5, math.pi / 2),
+    "MSE+Cosine180": ("cosine", 1.0, math.pi),
+    "Ranking+MSE+Cosine180": ("cosine", 0.5, math.pi),
 }
 _METRICS = ("yaw", "pitch", "roll", "mae", "geodesic")
 
@@ -54,7 +58,7 @@ _METRICS = ("yaw", "pitch", "roll", "mae", "geodesic")
 def run_variant(
     name: str, train: Dataset, test: Dataset, args: argparse.Namespace, seed: int
 ) -> dict[str, float]:
-    output_layer, beta = VARIANTS[name]
+    output_layer, beta, alpha = VARIANTS[name]
     L.seed_everything(seed, verbose=False)
     dm = HPEDataModule(
         train=IdentityPairs(train, seed=seed),
@@ -67,6 +71,7 @@ def run_variant(
         backbone=args.backbone,
         pretrained=False,
         output_layer=output_layer,
+        alpha=alpha,
         beta=beta,
         optimizer=lambda p: torch.optim.Adam(p, lr=args.lr),
         scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=args.epochs),
@@ -121,10 +126,12 @@ def main() -> None:
         f"(mean ± std over seeds). Errors in degrees."
     )
     print()
-    print("| variant | output | loss | yaw MAE | pitch MAE | roll MAE | MAE | geodesic | train s |")
+    print("| variant | output (alpha) | loss | yaw MAE | pitch MAE | roll MAE | MAE | geodesic | train s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, runs in rows:
-        layer, beta = VARIANTS[name]
+        layer, beta, alpha = VARIANTS[name]
+        if layer == "cosine":
+            layer = f"cosine ({math.degrees(alpha):.0f})"
         loss = "MSE" if beta == 1.0 else f"{beta:g} MSE + {1 - beta:g} ranking"
         cells = " | ".join(fmt([r[k] for r in runs]) for k in _METRICS)
         seconds = sum(r["seconds"] for r in runs) / len(runs)
