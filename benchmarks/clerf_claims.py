@@ -22,8 +22,9 @@ docs/methods/clerf.md for the table)::
     python benchmarks/clerf_claims.py --train 16384 --test 1024 --epochs 24 --stage1 16 \
         --size 64 --backbone regnetx_002 --precision bf16-mixed --channels-last --schedule cosine
 
-Data: :class:`hpelib.data.synthetic.SyntheticHeads` (train and test identities disjoint), positives from :func:`hpelib.methods.clerf.make_positives` (the generator CLERF
-trains with), rendered once up front so that the CPU budget goes to training.
+Data: :class:`hpelib.data.synthetic.SyntheticHeads` (train and test identities disjoint),
+positives from :func:`hpelib.methods.clerf.make_positives` (the generator CLERF trains
+with), rendered once up front so that the CPU budget goes to training.
 """
 
 from __future__ import annotations
