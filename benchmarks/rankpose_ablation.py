@@ -13,7 +13,10 @@ directions on synthetic heads (:mod:`hpelib.data.synthetic`, 300W-LP-like "front
    image pairs in the same order), the same backbone, optimiser (Adam), cosine decay and
    number of epochs; MSE-only variants use ``beta = 1`` (both images of each pair still
    count in the MSE, so the only difference is the ranking term);
-3. test MAE (mean of yaw/pitch/roll, degrees) and geodesic error (degrees).
+3. test MAE (mean of yaw/pitch/roll, degrees) and geodesic error (degrees), and the share
+   of test labels the trained output layer can produce at all (``representable %``: one
+   unit feature's cosines fill an ellipsoid, so the bounded layers cannot give some angle
+   combinations; :meth:`hpelib.methods.rankpose.AngleOutput.representable`).
 
 Prints one Markdown table. Small budget on CPU: ``python benchmarks/rankpose_ablation.py``
 (defaults below, 1-1.5 min per variant on one CPU thread; Adam 3e-3 rather than the paper's
@@ -38,6 +41,7 @@ from hpelib.data.datamodule import HPEDataModule
 from hpelib.data.pairs import IdentityPairs
 from hpelib.data.synthetic import SyntheticHeads
 from hpelib.methods.rankpose import RankPose
+from hpelib.rotation import rotation_to_euler
 
 #: name -> (output layer, beta, cosine scale alpha). beta = 1: MSE only; beta = 0.5: the
 #: paper's MSE + ranking. alpha = pi/2 is the paper's cosine scale, pi (+-180 degrees) the
@@ -82,6 +86,11 @@ def run_variant(
     seconds = time.perf_counter() - start
     result = trainer.test(model, dm, verbose=False)[0]
     out = {k: result[f"test/synthetic/{k if k in ('mae', 'geodesic') else k + '_mae'}"] for k in _METRICS}
+    # Share of test labels the trained output layer can produce at all (an upper bound: the
+    # cosines of one unit feature fill an ellipsoid, see AngleOutput.representable).
+    labels = torch.stack([test[i]["rotation"] for i in range(len(test))])
+    angles = rotation_to_euler(labels, model.euler_convention)
+    out["representable"] = 100.0 * float(model.model.head.representable(angles).double().mean())
     return {**out, "seconds": seconds}
 
 
@@ -99,12 +108,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the rendered sets")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: shared CPUs)")
+    parser.add_argument(
+        "--ranges", type=float, nargs=3, metavar=("PITCH", "YAW", "ROLL"), default=None,
+        help="uniform pose ranges in degrees instead of the 'frontal' preset (40 90 35)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    common = dict(image_size=args.image_size, preset="frontal", seed=args.data_seed)
+    preset = "frontal" if args.ranges is None else tuple(args.ranges)
+    common = dict(image_size=args.image_size, preset=preset, seed=args.data_seed)
     train = SyntheticHeads(args.train, split="train", num_identities=args.identities, **common)
     test = SyntheticHeads(args.test, split="test", num_identities=max(args.identities // 4, 1), **common)
     print(f"rendered {len(train)} train / {len(test)} test images in {time.perf_counter() - start:.1f} s", flush=True)
@@ -119,21 +133,21 @@ def main() -> None:
 
     print()
     print(
-        f"RankPose ablation: {args.train} synthetic 'frontal' training images of {args.identities} "
+        f"RankPose ablation: {args.train} synthetic {preset!r} training images of {args.identities} "
         f"identities ({args.train} pairs/epoch), {args.test} test images of unseen identities, "
         f"{args.image_size} px, {args.backbone}, Adam {args.lr:g} + cosine decay, "
         f"{args.epochs} epochs, batch {args.batch} pairs, training seeds {args.seeds} "
         f"(mean ± std over seeds). Errors in degrees."
     )
     print()
-    print("| variant | output (alpha) | loss | yaw MAE | pitch MAE | roll MAE | MAE | geodesic | train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| variant | output (alpha) | loss | yaw MAE | pitch MAE | roll MAE | MAE | geodesic | representable % | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in rows:
         layer, beta, alpha = VARIANTS[name]
         if layer == "cosine":
             layer = f"cosine ({math.degrees(alpha):.0f})"
         loss = "MSE" if beta == 1.0 else f"{beta:g} MSE + {1 - beta:g} ranking"
-        cells = " | ".join(fmt([r[k] for r in runs]) for k in _METRICS)
+        cells = " | ".join(fmt([r[k] for r in runs]) for k in (*_METRICS, "representable"))
         seconds = sum(r["seconds"] for r in runs) / len(runs)
         print(f"| {name} | {layer} | {loss} | {cells} | {seconds:.0f} |")
     assert all(math.isfinite(r["mae"]) for _, runs in rows for r in runs)

@@ -13,14 +13,24 @@ Examples::
 from __future__ import annotations
 
 import sys
+import warnings
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from hpelib.data.datamodule import HPEDataModule
 from hpelib.methods.base import HPEModule
 
-__all__ = ["HPECLI", "main"]
+__all__ = ["HPECLI", "cpu_has_native_bf16", "main"]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast
+    speeds training up; elsewhere oneDNN emulates it (measured: regnetx_002 at 64 px on an
+    AVX2-only 2-core CPU trained 6x slower under ``bf16-mixed`` than in float32)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 class HPECLI(LightningCLI):
@@ -29,6 +39,21 @@ class HPECLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[override]
         parser.set_defaults({"seed_everything": 0})
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer") or {}
+        precision = str(trainer.get("precision") or "")
+        accelerator = str(trainer.get("accelerator") or "auto")
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        if precision.startswith("bf16") and on_cpu and not cpu_has_native_bf16():
+            warnings.warn(
+                f"trainer.precision={precision!r} on a CPU without native bf16 (no AVX512-BF16 "
+                "or AMX): autocast is emulated there and training runs several times slower "
+                "than in float32 (6x measured for regnetx_002). Pass --trainer.precision "
+                "32-true on this machine.",
+                stacklevel=2,
+            )
 
     def before_validate(self) -> None:
         self._require_last_checkpoint()

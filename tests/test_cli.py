@@ -104,3 +104,39 @@ def test_bad_config_gives_clear_error(tmp_path):
     result = _hpelib("evaluate", "--config", str(tmp_path / "missing.yaml"), "--ckpt", "x.ckpt", cwd=tmp_path)
     assert result.returncode != 0
     assert "missing.yaml" in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(("native", "precision", "warns"), [
+    (False, "bf16-mixed", True), (True, "bf16-mixed", False), (False, "32-true", False),
+])  # fmt: skip
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, native, precision, warns):
+    import warnings
+
+    import hpelib.cli
+    from hpelib.data.datamodule import HPEDataModule
+    from hpelib.methods.base import HPEModule
+
+    monkeypatch.setattr(hpelib.cli, "cpu_has_native_bf16", lambda: native)
+    args = ["--config", str(_config(tmp_path)), "--trainer.precision", precision]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hpelib.cli.HPECLI(HPEModule, HPEDataModule, subclass_mode_model=True,
+                          subclass_mode_data=False, args=args, run=False,
+                          auto_configure_optimizers=False)  # fmt: skip
+    messages = [str(w.message) for w in caught if "native bf16" in str(w.message)]
+    assert bool(messages) == warns
+    if warns:
+        assert "--trainer.precision 32-true" in messages[0]
+
+
+def test_cpu_bf16_probe_agrees_with_the_kernel_cpu_flags():
+    from hpelib.cli import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to compare with (not Linux)")
+    flags = set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})

@@ -1,12 +1,16 @@
-"""Lightning callbacks for multi-stage methods: stage switching and k-means centroid init."""
+"""Lightning callbacks: stage switching, k-means centroid init, time-budgeted LR decay."""
 
 from hpelib.callbacks.kmeans_init import KMeansCentroidInit, gather_embeddings, kmeans
 from hpelib.callbacks.stages import StageSwitch, enable_unused_parameter_detection
+from hpelib.callbacks.time_budget import TimeBudgetLR, budget_lr_factor, parse_duration
 
 __all__ = [
     "KMeansCentroidInit",
     "StageSwitch",
+    "TimeBudgetLR",
+    "budget_lr_factor",
     "enable_unused_parameter_detection",
     "gather_embeddings",
     "kmeans",
+    "parse_duration",
 ]

@@ -114,6 +114,53 @@ def test_arccos_output_bounded_by_half_pi_with_finite_gradients():
     assert torch.allclose(layer(x.detach()[:4]), -torch.asin(c), atol=1e-3)
 
 
+def _feature_for(layer: AngleOutput, angles: torch.Tensor) -> torch.Tensor:
+    """A unit feature with ``layer(F) == angles`` when one exists: the minimum-norm solution
+    of ``W_hat^T F = c`` plus a component in the null space of ``W_hat^T`` up to norm 1."""
+    w = torch.nn.functional.normalize(layer.weight.detach().double(), dim=0)
+    c = angles.double() / layer.alpha if layer.kind == "cosine" else -torch.sin(angles.double())
+    f0 = (w @ torch.linalg.solve(w.T @ w, c.T)).T
+    q, _ = torch.linalg.qr(w, mode="complete")
+    null = q[:, w.shape[1]]  # orthogonal to every column
+    extra = (1 - (f0**2).sum(-1)).clamp_min(0).sqrt()
+    return (f0 + extra[:, None] * null).float()
+
+
+@pytest.mark.parametrize(("kind", "alpha"), [("cosine", math.pi / 2), ("cosine", math.pi), ("arccos", 0.0)])
+def test_representable_is_exactly_the_reachable_set(kind, alpha):
+    torch.manual_seed(0)
+    layer = AngleOutput(16, 3, kind, alpha=alpha or math.pi / 2)
+    angles = (torch.rand(4000, 3) * 2 - 1) * torch.tensor([0.7, 1.57, 0.6])  # frontal-like box
+    mask = layer.representable(angles)
+    assert 0 < int(mask.sum()) < len(mask) or kind == "cosine" and alpha == math.pi
+    # Inside: a unit feature gives the angles back. Outside: the minimum-norm feature that
+    # gives the cosines is longer than 1, so no unit feature does.
+    inside = angles[mask]
+    torch.testing.assert_close(layer(_feature_for(layer, inside)), inside, atol=2e-3, rtol=0)
+    w = torch.nn.functional.normalize(layer.weight.detach().double(), dim=0)
+    out = angles[~mask].double()
+    c = out / layer.alpha if kind == "cosine" else -torch.sin(out)
+    assert ((c * torch.linalg.solve(w.T @ w, c.T).T).sum(-1) > 1).all()
+
+
+def test_representable_worked_case_and_linear():
+    layer = AngleOutput(8, 3, "cosine", alpha=math.pi / 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(8)[:, :3])  # orthonormal columns: the unit ball
+    deg = math.pi / 180
+    # (pitch, yaw, roll) = (45, 80, 0): (45/90)^2 + (80/90)^2 = 1.04 > 1 - no feature gives it
+    assert not bool(layer.representable(torch.tensor([45 * deg, 80 * deg, 0.0])))
+    assert bool(layer.representable(torch.tensor([30 * deg, 80 * deg, 0.0])))  # 0.90
+    arccos = AngleOutput(8, 3, "arccos")
+    with torch.no_grad():
+        arccos.weight.copy_(torch.eye(8)[:, :3])
+    # sin^2 30 + sin^2 55 = 0.25 + 0.67 <= 1; (40, 60): 0.41 + 0.75 > 1
+    assert bool(arccos.representable(torch.tensor([30 * deg, 55 * deg, 0.0])))
+    assert not bool(arccos.representable(torch.tensor([40 * deg, 60 * deg, 0.0])))
+    assert not bool(arccos.representable(torch.tensor([0.0, 100 * deg, 0.0])))
+    assert AngleOutput(8, 3, "linear").representable(torch.randn(5, 3) * 10).all()
+
+
 def test_linear_output_and_option_errors():
     layer = AngleOutput(16, 3, "linear")
     assert layer(torch.randn(2, 16) * 1e3).abs().max() > 10 and layer.bound == math.inf

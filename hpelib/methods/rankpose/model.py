@@ -80,6 +80,34 @@ class AngleOutput(nn.Module):
             return self.alpha * cos
         return torch.arccos(cos.clamp(-1.0 + self.eps, 1.0 - self.eps)) - math.pi / 2
 
+    def representable(self, angles: Tensor) -> Tensor:
+        """Whether some feature vector makes this layer output ``angles``: ``(..., K)``
+        radians -> ``(...,)`` bool.
+
+        The normalised outputs share one unit feature ``F_hat``, so the K cosines
+        ``c = W_hat^T F_hat`` are not independent: for ``D > K`` they fill exactly the
+        ellipsoid ``c^T G^-1 c <= 1``, ``G = W_hat^T W_hat`` (unit diagonal). With
+        orthogonal columns that is the unit ball, so the Cosine output cannot give
+        ``(Y/alpha)`` outside it (yaw 80 and pitch 45 degrees at ``alpha = pi/2``: 0.79 +
+        0.25 > 1) and the Arccos output (``c = -sin Y``) cannot give ``sum sin^2 Y > 1``.
+        Backbone features after a ReLU are also non-negative, which shrinks the set
+        further, so ``True`` is necessary, not sufficient. The linear output (full-rank
+        ``W``) represents everything.
+        """
+        if self.kind == "linear":
+            return torch.ones(angles.shape[:-1], dtype=torch.bool, device=angles.device)
+        y = angles.double()
+        if self.kind == "cosine":
+            c = y / self.alpha
+            inside = torch.ones(y.shape[:-1], dtype=torch.bool, device=y.device)
+        else:
+            c = -torch.sin(y)
+            inside = (y.abs() <= math.pi / 2).all(-1)
+        w = F.normalize(self.weight.detach().double(), dim=0)
+        gram = w.T @ w
+        quad = (c * torch.linalg.solve(gram, c.unsqueeze(-1)).squeeze(-1)).sum(-1)
+        return inside & (quad <= 1.0 + 1e-9)
+
     @property
     def bound(self) -> float:
         """Largest possible ``|Y|`` (``inf`` for the linear output)."""
