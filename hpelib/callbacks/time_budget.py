@@ -6,8 +6,9 @@ another: where ``trainer.max_time`` ends a run on a slower CPU, the schedule is 
 2-core CPU, so it stopped at 72 % of the peak rate). :class:`TimeBudgetLR` keys the
 decay on the time spent instead, so every machine completes the same schedule shape when
 the budget ends (the budget-aware schedules of Li et al., *Budgeted Training*, ICLR 2020).
-At that short budget the complete decay measured no accuracy gain (docs/methods/sixd.md);
-what it removes is the dependence of a timed config on the machine's speed."""
+At that short budget the complete decay gave no clear accuracy gain (two seeds,
+docs/methods/sixd.md); what it removes is the dependence of a timed config on the machine's
+speed."""
 
 from __future__ import annotations
 
