@@ -16,6 +16,7 @@ import sys
 import warnings
 
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -40,13 +41,16 @@ class HPECLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[override]
         parser.set_defaults({"seed_everything": 0})
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer = config.get("trainer") or {}
-        precision = str(trainer.get("precision") or "")
-        accelerator = str(trainer.get("accelerator") or "auto")
-        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-        if precision.startswith("bf16") and on_cpu and not cpu_has_native_bf16():
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # After instantiation, so Lightning's own resolution of accelerator="auto" decides.
+        trainer = self.trainer
+        precision = str(trainer.precision)
+        if (
+            precision.startswith("bf16")
+            and isinstance(trainer.accelerator, CPUAccelerator)
+            and not cpu_has_native_bf16()
+        ):
             warnings.warn(
                 f"trainer.precision={precision!r} on a CPU without native bf16 (no AVX512-BF16 "
                 "or AMX): autocast is emulated there and training runs several times slower "

@@ -180,7 +180,7 @@ class TimeBudgetLR(Callback):
         self._offset, self._start = self.elapsed(), None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"elapsed": self.elapsed(), "budget_s": self.budget_s}
+        return {"elapsed": self.elapsed()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._offset = float(state_dict.get("elapsed", 0.0))
