@@ -15,6 +15,10 @@ class BackboneNotFoundError(ValueError):
     """Raised for a backbone name that timm does not know."""
 
 
+# Arguments create_backbone passes to timm itself.
+_SET_HERE = frozenset({"pretrained", "num_classes", "in_chans", "drop_rate", "pretrained_cfg_overlay"})
+
+
 def _check_name(name: str) -> None:
     if timm.is_model(name):
         return
@@ -42,11 +46,20 @@ def create_backbone(
             instead of downloading; implies pretrained weights.
         in_chans: input channels (1 for grayscale models such as OpNet).
         drop_rate: dropout before the (removed) classifier.
+        **kwargs: further arguments of the timm model's constructor (a method's
+            ``backbone_kwargs``), e.g. ``drop_path_rate``, ``output_stride`` or, for the
+            ResNet family, ``layers`` and ``channels`` to build a smaller ResNet.
 
     Returns:
         ``(module, num_features)``; ``module(images (B, C, H, W)) -> (B, num_features)``.
     """
     _check_name(name)
+    reserved = sorted(set(kwargs) & _SET_HERE)
+    if reserved:
+        raise ValueError(
+            f"backbone_kwargs of {name!r} must not set {reserved}: hpelib sets them itself "
+            "(use the method's own pretrained / checkpoint_path / in_chans / drop_rate)"
+        )
     overlay = None
     if checkpoint_path is not None:
         path = Path(checkpoint_path)
@@ -54,15 +67,31 @@ def create_backbone(
             raise FileNotFoundError(f"backbone checkpoint_path {str(path)!r} does not exist")
         overlay = {"file": str(path)}
         pretrained = True
-    model = timm.create_model(
-        name,
-        pretrained=pretrained,
-        num_classes=0,
-        in_chans=in_chans,
-        drop_rate=drop_rate,
-        pretrained_cfg_overlay=overlay,
-        **kwargs,
-    )
+    try:
+        model = timm.create_model(
+            name,
+            pretrained=pretrained,
+            num_classes=0,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            pretrained_cfg_overlay=overlay,
+            **kwargs,
+        )
+    except TypeError as err:
+        if not kwargs:
+            raise
+        raise ValueError(
+            f"backbone {name!r} does not accept backbone_kwargs {kwargs}: {err}"
+        ) from err
+    except RuntimeError as err:
+        # A state dict of the stock architecture loaded into one that kwargs changed.
+        if not (kwargs and pretrained):
+            raise
+        raise ValueError(
+            f"the pretrained weights of backbone {name!r} do not fit the architecture that "
+            f"backbone_kwargs {kwargs} builds; use pretrained: false or weights of that "
+            f"architecture: {err}"
+        ) from err
     # Models with a pre-logits conv/linear head (MobileNetV3, LCNet, MobileNetV4...) output
     # `head_hidden_size` features with num_classes=0; `num_features` is the width before it.
     return model, int(getattr(model, "head_hidden_size", None) or model.num_features)

@@ -9,6 +9,7 @@ representation that Gram-Schmidt turns into a rotation.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -33,6 +34,8 @@ class CLERFEncoder(nn.Module):
         pretrained: timm ImageNet weights (needs network or a warm cache).
         checkpoint_path: local backbone weights instead of a download.
         drop_rate: dropout before the (removed) classifier.
+        backbone_kwargs: further timm constructor arguments of the backbone (see
+            :func:`hpelib.nn.create_backbone`).
     """
 
     def __init__(
@@ -42,12 +45,13 @@ class CLERFEncoder(nn.Module):
         pretrained: bool = False,
         checkpoint_path: str | Path | None = None,
         drop_rate: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if embedding_dim is not None and embedding_dim <= 0:
             raise ValueError(f"embedding_dim must be a positive int or None, got {embedding_dim}")
         self.backbone, num_features = create_backbone(
-            backbone, pretrained, checkpoint_path, drop_rate=drop_rate
+            backbone, pretrained, checkpoint_path, drop_rate=drop_rate, **(backbone_kwargs or {})
         )
         if embedding_dim is None or embedding_dim == num_features:
             self.projection: nn.Module = nn.Identity()
@@ -83,7 +87,8 @@ class CLERFNet(nn.Module):
     """Encoder + pose head. ``forward(images) -> (embedding (B, F), rotation (B, 3, 3))``.
 
     Args:
-        backbone, embedding_dim, pretrained, checkpoint_path, drop_rate: see :class:`CLERFEncoder`.
+        backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, backbone_kwargs: see
+            :class:`CLERFEncoder`.
         head_hidden, head_depth, head_input_skip: see :class:`PoseMLP` (paper: 256, 4, True).
     """
 
@@ -97,9 +102,12 @@ class CLERFNet(nn.Module):
         head_hidden: int = 256,
         head_depth: int = 4,
         head_input_skip: bool = True,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = CLERFEncoder(backbone, embedding_dim, pretrained, checkpoint_path, drop_rate)
+        self.encoder = CLERFEncoder(
+            backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, backbone_kwargs
+        )
         self.head = PoseMLP(self.encoder.embedding_dim, head_hidden, head_depth, head_input_skip)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:

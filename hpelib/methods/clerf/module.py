@@ -70,12 +70,13 @@ class _CLERFBase(HPEModule):
         augmentation: str,
         padding_mode: str,
         positive_key: str,
+        backbone_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.model = CLERFNet(
             backbone, embedding_dim, pretrained, checkpoint_path, drop_rate,
-            head_hidden, head_depth, head_input_skip,
+            head_hidden, head_depth, head_input_skip, backbone_kwargs,
         )
         self.positive_key = positive_key
         self.shared_augmentation = SharedGeometricAugmentation(
@@ -132,6 +133,8 @@ class CLERF(_CLERFBase):
         head_lr: learning rate of the pose head (its own parameter group); ``None`` uses
             the optimizer's.
         positive_key: batch key of the positives' sub-batch.
+        backbone_kwargs: further timm constructor arguments of the backbone (see
+            :func:`hpelib.nn.create_backbone`).
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -158,6 +161,7 @@ class CLERF(_CLERFBase):
         padding_mode: str = "zeros",
         head_lr: float | None = None,
         positive_key: str = "positive",
+        backbone_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if stage not in (1, 2):
@@ -168,7 +172,8 @@ class CLERF(_CLERFBase):
             raise ValueError(f"stage2_patience must be >= 1 or None, got {stage2_patience}")
         super().__init__(
             backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, head_hidden,
-            head_depth, head_input_skip, augmentation, padding_mode, positive_key, **kwargs,
+            head_depth, head_input_skip, augmentation, padding_mode, positive_key,
+            backbone_kwargs=backbone_kwargs, **kwargs,
         )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.start_stage, self.stage2_start_epoch = stage, stage2_start_epoch
@@ -364,6 +369,7 @@ class CLERFSupervised(_CLERFBase):
             because without positives the datamodule's own ``augmentation: clerf`` does the
             same. Use one or the other, not both.
         padding_mode: warp padding of that augmentation.
+        backbone_kwargs: as in :class:`CLERF`.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -379,11 +385,13 @@ class CLERFSupervised(_CLERFBase):
         head_input_skip: bool = True,
         augmentation: str = "none",
         padding_mode: str = "zeros",
+        backbone_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, head_hidden,
-            head_depth, head_input_skip, augmentation, padding_mode, "positive", **kwargs,
+            head_depth, head_input_skip, augmentation, padding_mode, "positive",
+            backbone_kwargs=backbone_kwargs, **kwargs,
         )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
 

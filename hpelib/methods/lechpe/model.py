@@ -4,6 +4,7 @@ Euler-angle branches, plus the DEC clustering layer holding the learnable centro
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,8 @@ class LECHPENet(nn.Module):
         num_bins: logits per angle (66).
         num_clusters: DEC centroids ``K`` (10).
         dof: Student's t degrees of freedom of the soft assignment (1, as in DEC).
+        backbone_kwargs: further timm constructor arguments of the backbone (see
+            :func:`hpelib.nn.create_backbone`).
     """
 
     def __init__(
@@ -62,11 +65,14 @@ class LECHPENet(nn.Module):
         num_bins: int = 66,
         num_clusters: int = 10,
         dof: float = 1.0,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if num_bins < 2:
             raise ValueError(f"num_bins={num_bins} must be >= 2")
-        self.backbone, num_features = create_backbone(backbone, pretrained, checkpoint_path)
+        self.backbone, num_features = create_backbone(
+            backbone, pretrained, checkpoint_path, **(backbone_kwargs or {})
+        )
         if embedding_dim is None:
             self.embed: nn.Module = nn.Identity()
             self.embedding_dim = num_features

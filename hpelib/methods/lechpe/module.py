@@ -90,6 +90,8 @@ class LECHPE(HPEModule):
             overrides it per epoch.
         init_weights: a Lightning checkpoint (or state dict file) whose weights initialise
             the model, for stage 2 as a separate run; the configured ``stage`` is kept.
+        backbone_kwargs: further timm constructor arguments of the backbone (see
+            :func:`hpelib.nn.create_backbone`).
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -111,6 +113,7 @@ class LECHPE(HPEModule):
         out_of_range: str = "mask",
         stage: int = 1,
         init_weights: str | Path | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -128,7 +131,8 @@ class LECHPE(HPEModule):
             raise ValueError(f"alpha={alpha} and beta={beta} must be >= 0")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.model = LECHPENet(
-            backbone, pretrained, checkpoint_path, embedding_dim, num_bins, num_clusters, dof
+            backbone, pretrained, checkpoint_path, embedding_dim, num_bins, num_clusters, dof,
+            backbone_kwargs,
         )
         self.bin_width, self.angle_min = float(bin_width), float(angle_min)
         self.expectation = expectation

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -275,6 +276,8 @@ class OpNetModel(nn.Module):
         keypoints: deformable keypoint model, or ``None`` for no shape/landmark heads.
         uncertainty: predict covariances / learned scales for the NLL losses.
         covariance_form, covariance_eps, uncertainty_batchnorm: see :class:`CovarianceHead`.
+        backbone_kwargs: further timm constructor arguments of the backbone (see
+            :func:`hpelib.nn.create_backbone`).
 
     Outputs (``B`` samples; 2D quantities in normalised crop coordinates, see
     :func:`normalize_points`):
@@ -300,6 +303,7 @@ class OpNetModel(nn.Module):
         covariance_form: str = "paper",
         covariance_eps: float | None = None,
         uncertainty_batchnorm: bool = True,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if in_chans not in (1, 3):
@@ -308,7 +312,7 @@ class OpNetModel(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_chans = in_chans
         self.backbone, num_features = create_backbone(
-            backbone, pretrained, checkpoint_path, in_chans=in_chans
+            backbone, pretrained, checkpoint_path, in_chans=in_chans, **(backbone_kwargs or {})
         )
         self.dropout = nn.Dropout(dropout)
         self.quat = nn.Linear(num_features, 4)

@@ -75,6 +75,8 @@ class OpNet(HPEModule):
         nll_total_weight: ``beta_total``.
         landmark_jaw_weight, landmark_eye_weight: per-landmark weights
             (:func:`~hpelib.methods.opnet.loss.landmark_weights`).
+        backbone_kwargs: further timm constructor arguments of the backbone (see
+            :func:`hpelib.nn.create_backbone`).
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -98,6 +100,7 @@ class OpNet(HPEModule):
         nll_total_weight: float = L.DEFAULT_NLL_TOTAL_WEIGHT,
         landmark_jaw_weight: float = 0.8,
         landmark_eye_weight: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,7 +116,7 @@ class OpNet(HPEModule):
         keypoints = self._build_keypoints(keypoint_model, num_shape_params, learn_keypoint_model)
         self.model = OpNetModel(
             backbone, pretrained, checkpoint_path, in_chans, dropout, keypoints, uncertainty,
-            covariance_form, covariance_eps, uncertainty_batchnorm,
+            covariance_form, covariance_eps, uncertainty_batchnorm, backbone_kwargs,
         )  # fmt: skip
         self.register_buffer(
             "landmark_weights", L.landmark_weights(landmark_jaw_weight, landmark_eye_weight), persistent=False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,8 @@ class RankPoseNet(nn.Module):
         alpha: cosine-output scale in radians (paper ``pi/2``; released code ``pi``).
         linear_bias: bias of the linear output.
         drop_rate: dropout on the pooled feature (timm's ``drop_rate``).
+        backbone_kwargs: further timm constructor arguments of the backbone (see
+            :func:`hpelib.nn.create_backbone`).
     """
 
     def __init__(
@@ -141,10 +144,11 @@ class RankPoseNet(nn.Module):
         alpha: float = math.pi / 2,
         linear_bias: bool = True,
         drop_rate: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone, num_features = create_backbone(
-            backbone, pretrained, checkpoint_path, drop_rate=drop_rate
+            backbone, pretrained, checkpoint_path, drop_rate=drop_rate, **(backbone_kwargs or {})
         )
         self.head = AngleOutput(num_features, 3, output_layer, alpha, bias=linear_bias)
 

@@ -46,6 +46,8 @@ class RankPose(HPEModule):
         loss_unit: ``"rad"`` (paper, radians) or ``"deg"`` (released code: MSE and ranking on
             degrees, which weights MSE ~3283x more against the hinge).
         partner_key: batch key of the pair's second image.
+        backbone_kwargs: further timm constructor arguments of the backbone (see
+            :func:`hpelib.nn.create_backbone`).
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`
             (``euler_convention`` sets the Euler angles the network outputs, ``"300wlp"``:
             pitch, yaw, roll).
@@ -66,6 +68,7 @@ class RankPose(HPEModule):
         tie_tolerance: float = 0.0,
         loss_unit: str = "rad",
         partner_key: str = "partner",
+        backbone_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,7 +81,8 @@ class RankPose(HPEModule):
         euler_names(self.euler_convention)  # a clear error for an unknown convention, now
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.model = RankPoseNet(
-            backbone, pretrained, checkpoint_path, output_layer, alpha, linear_bias, drop_rate
+            backbone, pretrained, checkpoint_path, output_layer, alpha, linear_bias, drop_rate,
+            backbone_kwargs,
         )
         self.beta = beta
         self.margin = margin

@@ -26,6 +26,9 @@ class SixD(HPEModule):
             default) or ``"chordal"`` (squared Frobenius distance, Zhou et al.'s L2 on the
             matrix; leaves the initial plateau sooner when training from scratch on
             full-range data, see docs/methods/sixd.md).
+        backbone_kwargs: further timm constructor arguments of the backbone,
+            e.g. ``{layers: [1, 1, 1, 1], channels: [32, 64, 128, 256]}`` for ``resnet18``
+            (see :func:`hpelib.nn.create_backbone`).
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -35,13 +38,14 @@ class SixD(HPEModule):
         pretrained: bool = False,
         checkpoint_path: str | Path | None = None,
         loss: str = "geodesic",
+        backbone_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.loss_name = loss
         self.rotation_loss = get_rotation_loss(loss)
-        self.model = SixDNet(backbone, pretrained, checkpoint_path)
+        self.model = SixDNet(backbone, pretrained, checkpoint_path, backbone_kwargs)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return {"rotation": self.model(images)}
