@@ -88,6 +88,24 @@ class HPECLI(LightningCLI):
             )
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> HPECLI:
+    """The ``hpelib fit|validate|test|predict`` CLI as the console script sets it up.
+
+    ``run=False`` parses ``args`` and instantiates the model, datamodule and trainer without
+    running a subcommand (``cli.model``, ``cli.datamodule``, ``cli.trainer``).
+    """
+    return HPECLI(
+        HPEModule,
+        HPEDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=False,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``hpelib`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -101,15 +119,7 @@ def main(args: list[str] | None = None) -> None:
 
         evaluate_main(argv[1:])
         return
-    HPECLI(
-        HPEModule,
-        HPEDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=False,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    build_cli(args)
 
 
 if __name__ == "__main__":

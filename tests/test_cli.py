@@ -113,16 +113,12 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, native, 
     import warnings
 
     import hpelib.cli
-    from hpelib.data.datamodule import HPEDataModule
-    from hpelib.methods.base import HPEModule
 
     monkeypatch.setattr(hpelib.cli, "cpu_has_native_bf16", lambda: native)
     args = ["--config", str(_config(tmp_path)), "--trainer.precision", precision]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        hpelib.cli.HPECLI(HPEModule, HPEDataModule, subclass_mode_model=True,
-                          subclass_mode_data=False, args=args, run=False,
-                          auto_configure_optimizers=False)  # fmt: skip
+        hpelib.cli.build_cli(args, run=False)
     messages = [str(w.message) for w in caught if "native bf16" in str(w.message)]
     assert bool(messages) == warns
     if warns:

@@ -81,9 +81,7 @@ def test_every_method_passes_backbone_kwargs_and_saves_them(method) -> None:
 def test_backbone_kwargs_from_a_config_file(tmp_path) -> None:
     import yaml
 
-    import hpelib.cli
-    from hpelib.data.datamodule import HPEDataModule
-    from hpelib.methods.base import HPEModule
+    from hpelib.cli import build_cli
 
     config = {
         "trainer": {"accelerator": "cpu", "logger": False},
@@ -92,8 +90,6 @@ def test_backbone_kwargs_from_a_config_file(tmp_path) -> None:
     }  # fmt: skip
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli = hpelib.cli.HPECLI(HPEModule, HPEDataModule, subclass_mode_model=True,
-                            subclass_mode_data=False, args=["--config", str(path)], run=False,
-                            auto_configure_optimizers=False)  # fmt: skip
+    cli = build_cli(["--config", str(path)], run=False)
     (resnet,) = _resnets(cli.model)
     assert resnet.num_features == 32
