@@ -2,28 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from hpelib.rotation import rotation_from_6d
+from hpelib.rotation import rotation_from_6d, rotation_from_9d
 
-__all__ = ["SixDHead", "MLP"]
+__all__ = ["MLP", "ROTATION_REPRESENTATIONS", "RotationHead", "SixDHead"]
 
 
-class SixDHead(nn.Module):
+#: Raw output size and its map onto SO(3), by representation name.
+ROTATION_REPRESENTATIONS: dict[str, tuple[int, Callable[[Tensor], Tensor]]] = {
+    "6d": (6, rotation_from_6d),  # Gram-Schmidt (Zhou et al. 2019; 6DRepNet)
+    "9d": (9, rotation_from_9d),  # SVD, symmetric orthogonalisation (Levinson et al. 2020)
+}
+
+
+class RotationHead(nn.Module):
+    """Linear layer to a raw rotation representation, then its map onto SO(3).
+
+    ``forward(features (B, F)) -> (B, 3, 3)`` rotation matrices; ``forward_raw`` gives the
+    raw ``(B, 6)`` or ``(B, 9)`` output before the map (for :func:`hpelib.nn.raw_mse_loss`).
+
+    Args:
+        in_features: feature size ``F``.
+        representation: a name in :data:`ROTATION_REPRESENTATIONS`: ``"6d"`` (two columns,
+            Gram-Schmidt) or ``"9d"`` (a 3x3 matrix row by row, SVD).
+    """
+
+    def __init__(self, in_features: int, representation: str = "6d") -> None:
+        super().__init__()
+        if representation not in ROTATION_REPRESENTATIONS:
+            raise ValueError(
+                f"unknown rotation representation {representation!r}; choose one of "
+                f"{sorted(ROTATION_REPRESENTATIONS)}"
+            )
+        self.representation = representation
+        self.linear = nn.Linear(in_features, ROTATION_REPRESENTATIONS[representation][0])
+
+    def forward_raw(self, features: Tensor) -> Tensor:
+        # float32 even under bf16/fp16 autocast: 8 mantissa bits would put the
+        # orthonormalisation error at ~0.4 %.
+        return self.linear(features).float()
+
+    def to_rotation(self, raw: Tensor) -> Tensor:
+        """The raw ``(B, 6)``/``(B, 9)`` output mapped onto SO(3): ``(B, 3, 3)``."""
+        return ROTATION_REPRESENTATIONS[self.representation][1](raw)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.to_rotation(self.forward_raw(features))
+
+
+class SixDHead(RotationHead):
     """Linear layer to the 6D representation followed by Gram-Schmidt (6DRepNet).
 
-    ``forward(features (B, F)) -> (B, 3, 3)`` rotation matrices.
+    ``forward(features (B, F)) -> (B, 3, 3)``; ``forward_raw`` -> ``(B, 6)``.
     """
 
     def __init__(self, in_features: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(in_features, 6)
-
-    def forward(self, features: Tensor) -> Tensor:
-        # Gram-Schmidt in float32 even under bf16/fp16 autocast: 8 mantissa bits would
-        # put the orthonormalisation error at ~0.4 %.
-        return rotation_from_6d(self.linear(features).float())
+        super().__init__(in_features, "6d")
 
 
 class MLP(nn.Module):

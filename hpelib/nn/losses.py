@@ -6,9 +6,12 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from hpelib.rotation import geodesic_distance
+from hpelib.rotation import geodesic_distance, rotation_to_6d, rotation_to_9d
 
-__all__ = ["ROTATION_LOSSES", "chordal_loss", "geodesic_loss", "get_rotation_loss", "masked_mean"]
+__all__ = [
+    "ROTATION_LOSSES", "chordal_loss", "geodesic_loss", "get_rotation_loss", "masked_mean",
+    "raw_mse_loss",
+]
 
 
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
@@ -42,6 +45,34 @@ def chordal_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Te
     measured in docs/methods/sixd.md.
     """
     per_sample = (pred - target.to(pred.dtype)).square().sum(dim=(-2, -1))
+    return masked_mean(per_sample, mask)
+
+
+def raw_mse_loss(pred_raw: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean squared error between a raw rotation output and the label, before it is mapped
+    onto SO(3): ``(B, 6)`` against the label's first two columns (:func:`rotation_to_6d`),
+    ``(B, 9)`` against the whole matrix row by row (:func:`rotation_to_9d`).
+
+    Training without the orthonormalisation and applying it only to read out a rotation
+    (Levinson et al., NeurIPS 2020, "SVD-Inference"; Gu et al., 2024) makes the head a plain
+    least-squares regression: no gradient passes through Gram-Schmidt or the SVD, which
+    normalise the output and cancel the part of the gradient along it. From scratch on
+    full-range data this removes the initial plateau near 120 degrees that the geodesic and
+    chordal losses on the orthonormalised matrix sit on for 500-1,000 steps
+    (docs/methods/sixd.md).
+
+    Args:
+        pred_raw: ``(B, 6)`` or ``(B, 9)``.
+        target: ``(B, 3, 3)`` label rotations.
+        mask: optional ``(B,)``, samples to average over.
+    """
+    to_raw = {6: rotation_to_6d, 9: rotation_to_9d}.get(pred_raw.shape[-1])
+    if to_raw is None or target.shape[-2:] != (3, 3):
+        raise ValueError(
+            "raw_mse_loss expects pred (B, 6) or (B, 9) and target (B, 3, 3), got "
+            f"{tuple(pred_raw.shape)} and {tuple(target.shape)}"
+        )
+    per_sample = (pred_raw - to_raw(target.to(pred_raw.dtype))).square().sum(dim=-1)
     return masked_mean(per_sample, mask)
 
 

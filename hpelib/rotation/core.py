@@ -28,8 +28,10 @@ __all__ = [
     "quaternion_multiply",
     "quaternion_conjugate",
     "rotation_from_6d",
+    "rotation_from_9d",
     "rotation_from_quaternion",
     "rotation_to_6d",
+    "rotation_to_9d",
     "rotation_x",
     "rotation_y",
     "rotation_z",
@@ -184,6 +186,31 @@ def rotation_to_6d(r: Tensor) -> Tensor:
     """``(..., 3, 3)`` -> ``(..., 6)``: first column then second column (inverse of
     :func:`rotation_from_6d` on rotations)."""
     return torch.cat([r[..., :, 0], r[..., :, 1]], dim=-1)
+
+
+def rotation_from_9d(x: Tensor) -> Tensor:
+    """Symmetric orthogonalisation of the 9D representation: the rotation nearest (in the
+    Frobenius norm) to the 3x3 matrix ``x`` read row by row (Levinson et al., NeurIPS 2020).
+
+    roma's ``special_procrustes`` (an SVD with the last singular vector's sign set so that
+    ``det = +1``). Unlike Gram-Schmidt it treats the three columns alike; its gradient is
+    damped where the nearest rotation is not unique (two singular values summing to 0).
+
+    Args:
+        x: ``(..., 9)``.
+
+    Returns:
+        ``(..., 3, 3)`` rotation matrices.
+    """
+    if x.shape[-1] != 9:
+        raise ValueError(f"rotation_from_9d expects (..., 9), got {tuple(x.shape)}")
+    return roma.special_procrustes(x.unflatten(-1, (3, 3)))
+
+
+def rotation_to_9d(r: Tensor) -> Tensor:
+    """``(..., 3, 3)`` -> ``(..., 9)``: the matrix row by row (inverse of
+    :func:`rotation_from_9d` on rotations)."""
+    return r.flatten(-2)
 
 
 def quaternion_canonical(q: Tensor) -> Tensor:

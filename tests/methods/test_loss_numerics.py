@@ -351,6 +351,9 @@ def _lechpe_stage2() -> LECHPE:
 
 METHODS: dict[str, Callable[[Path], HPEModule]] = {
     "sixd": lambda _: SixD(backbone="test_resnet"),
+    "sixd_raw_mse": lambda _: SixD(backbone="test_resnet", loss="raw_mse"),
+    "sixd_9d": lambda _: SixD(backbone="test_resnet", representation="9d"),  # SVD in the graph
+    "sixd_9d_raw_mse": lambda _: SixD(backbone="test_resnet", representation="9d", loss="raw_mse"),
     "rankpose_cosine": lambda _: RankPose(backbone="test_resnet"),
     "rankpose_linear": lambda _: RankPose(backbone="test_resnet", output_layer="linear"),
     "lechpe_stage1": lambda _: LECHPE(backbone="test_resnet", stage=1),

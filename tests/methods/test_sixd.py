@@ -41,8 +41,55 @@ def test_chordal_loss_option_and_unknown_loss_error():
     loss, parts = module.compute_loss({"rotation": pred}, {"rotation": torch.eye(3).expand(2, 3, 3)})
     assert set(parts) == {"chordal_loss"}
     assert float(loss) == pytest.approx(2.0)  # (4 (1 - cos 90deg) + 0) / 2
-    with pytest.raises(ValueError, match="unknown rotation loss 'l2'"):
+    with pytest.raises(ValueError, match="unknown SixD loss 'l2'.*raw_mse"):
         SixD(backbone="test_resnet", loss="l2")
+
+
+@pytest.mark.parametrize(("representation", "size"), [("6d", 6), ("9d", 9)])
+def test_raw_mse_loss_reads_the_raw_output(representation, size):
+    module = SixD(backbone="test_resnet", loss="raw_mse", representation=representation)
+    outputs = module(torch.randn(3, 3, 32, 32))
+    raw = outputs["rotation_raw"]
+    assert raw.shape == (3, size)
+    to_rotation = hr.rotation_from_6d if size == 6 else hr.rotation_from_9d
+    to_raw = hr.rotation_to_6d if size == 6 else hr.rotation_to_9d
+    assert torch.allclose(outputs["rotation"], to_rotation(raw))
+    assert hr.is_rotation_matrix(outputs["rotation"], atol=1e-5).all()
+    target = hr.random_rotation(3)
+    loss, parts = module.compute_loss(outputs, {"rotation": target})
+    assert set(parts) == {"raw_mse_loss"}
+    expected = (raw - to_raw(target)).square().sum(-1).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    # The label scaled by 2: the same rotation after Gram-Schmidt/SVD, yet not the
+    # regression target, so the loss (unlike geodesic/chordal) is positive: |label|^2.
+    scaled = {"rotation_raw": 2 * to_raw(target), "rotation": target}
+    loss, _ = module.compute_loss(scaled, {"rotation": target})
+    assert float(loss) == pytest.approx(size / 3, rel=1e-5)  # 2 or 3 unit columns
+    loss, _ = module.compute_loss({"rotation_raw": to_raw(target)}, {"rotation": target})
+    assert float(loss) == 0.0
+    # The training step computes only the raw output, and the same loss from it.
+    batch = {"image": torch.randn(3, 3, 32, 32), "rotation": target}
+    module.eval()  # BatchNorm in eval: both passes see the same network
+    train_outputs = module.training_forward(batch)
+    assert set(train_outputs) == {"rotation_raw"}
+    assert torch.allclose(
+        module.compute_loss(train_outputs, batch)[0], module.compute_loss(module(batch["image"]), batch)[0]
+    )
+
+
+def test_representation_is_saved_and_rebuilt(tmp_path):
+    module = SixD(backbone="test_resnet", representation="9d", loss="raw_mse")
+    assert module.model.head.linear.out_features == 9
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = SixD.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert loaded.model.head.representation == "9d"
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(images)["rotation"], module.eval()(images)["rotation"])
+    with pytest.raises(ValueError, match="unknown rotation representation 'quat'.*6d.*9d"):
+        SixD(backbone="test_resnet", representation="quat")
 
 
 def test_head_orthonormalises_in_float32_under_bf16_autocast():

@@ -92,6 +92,34 @@ def test_6d_rejects_wrong_shape():
 
 
 @given(seeds)
+def test_9d_is_the_nearest_rotation_and_round_trips(seed):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(16, 3, 3, generator=g, dtype=torch.float64)
+    r = hr.rotation_from_9d(m.flatten(-2))
+    assert hr.is_rotation_matrix(r, atol=1e-9).all()
+    # Nearest in the Frobenius norm: no rotation of a random sample is closer to m.
+    others = rand_rot(seed, 256)
+    best = (m[:, None] - others[None]).square().sum((-2, -1)).min(dim=1).values
+    assert ((m - r).square().sum((-2, -1)) <= best + 1e-9).all()
+    # Equivariant: the nearest rotation to A m B is A R B for rotations A, B.
+    a, b = rand_rot(seed + 1), rand_rot(seed + 2)
+    assert torch.allclose(hr.rotation_from_9d((a @ m @ b).flatten(-2)), a @ r @ b, atol=1e-8)
+    # Row-major, and the identity on rotations (also scaled ones).
+    q = rand_rot(seed + 3)
+    assert torch.equal(hr.rotation_to_9d(q)[:, 1], q[:, 0, 1])
+    assert torch.allclose(hr.rotation_from_9d(2.5 * hr.rotation_to_9d(q)), q, atol=1e-10)
+
+
+def test_9d_gradients_finite_at_a_rotation_and_at_a_half_turn():
+    for r in (torch.eye(3, dtype=torch.float64), hr.rotation_z(torch.tensor(math.pi, dtype=torch.float64))):
+        x = hr.rotation_to_9d(r).clone().requires_grad_()
+        hr.geodesic_distance(hr.rotation_from_9d(x), torch.eye(3, dtype=torch.float64)).backward()
+        assert torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match=r"\(\.\.\., 9\)"):
+        hr.rotation_from_9d(torch.zeros(2, 3, 3))
+
+
+@given(seeds)
 def test_quaternion_xyzw_matches_scipy(seed):
     r = rand_rot(seed)
     q = hr.quaternion_from_rotation(r)

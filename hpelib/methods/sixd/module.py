@@ -10,9 +10,13 @@ from torch import Tensor
 from hpelib.data.sample import mask_key
 from hpelib.methods.base import HPEModule
 from hpelib.methods.sixd.model import SixDNet
-from hpelib.nn import get_rotation_loss
+from hpelib.nn import ROTATION_LOSSES, get_rotation_loss, raw_mse_loss
 
-__all__ = ["SixD"]
+__all__ = ["SIXD_LOSSES", "SixD"]
+
+#: Loss names of :class:`SixD`: the rotation losses on the orthonormalised matrix, and
+#: ``"raw_mse"`` on the raw output before it.
+SIXD_LOSSES: tuple[str, ...] = (*sorted(ROTATION_LOSSES), "raw_mse")
 
 
 class SixD(HPEModule):
@@ -22,13 +26,19 @@ class SixD(HPEModule):
         backbone: any timm model name.
         pretrained: ImageNet weights through timm (False in quick-start configs: no network).
         checkpoint_path: local backbone weights file.
-        loss: a name in :data:`hpelib.nn.ROTATION_LOSSES`: ``"geodesic"`` (6DRepNet, the
-            default) or ``"chordal"`` (squared Frobenius distance, Zhou et al.'s L2 on the
-            matrix; leaves the initial plateau sooner when training from scratch on
-            full-range data, see docs/methods/sixd.md).
+        loss: one of :data:`SIXD_LOSSES`: ``"geodesic"`` (6DRepNet, the default),
+            ``"chordal"`` (squared Frobenius distance, Zhou et al.'s L2 on the matrix), both
+            on the orthonormalised rotation, or ``"raw_mse"``
+            (:func:`hpelib.nn.raw_mse_loss`: squared error of the raw output against the
+            label, Gram-Schmidt/SVD only to read out the rotation; from scratch on
+            full-range data it learns without the initial ~120-degree plateau of the other
+            two, see docs/methods/sixd.md).
         backbone_kwargs: further timm constructor arguments of the backbone,
             e.g. ``{layers: [1, 1, 1, 1], channels: [32, 64, 128, 256]}`` for ``resnet18``
             (see :func:`hpelib.nn.create_backbone`).
+        representation: ``"6d"`` (6DRepNet's, the default: two columns, Gram-Schmidt) or
+            ``"9d"`` (a 3x3 matrix, symmetric orthogonalisation by SVD; Levinson et al. 2020),
+            see :class:`hpelib.nn.RotationHead`. The method keeps 6DRepNet's name either way.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -39,19 +49,36 @@ class SixD(HPEModule):
         checkpoint_path: str | Path | None = None,
         loss: str = "geodesic",
         backbone_kwargs: dict[str, Any] | None = None,
+        representation: str = "6d",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        if loss not in SIXD_LOSSES:
+            raise ValueError(f"unknown SixD loss {loss!r}; choose one of {list(SIXD_LOSSES)}")
         self.loss_name = loss
-        self.rotation_loss = get_rotation_loss(loss)
-        self.model = SixDNet(backbone, pretrained, checkpoint_path, backbone_kwargs)
+        # raw_mse reads outputs["rotation_raw"]; the others the orthonormalised rotation.
+        self.rotation_loss = None if loss == "raw_mse" else get_rotation_loss(loss)
+        self.model = SixDNet(backbone, pretrained, checkpoint_path, backbone_kwargs, representation)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return {"rotation": self.model(images)}
+        """``{"rotation": (B, 3, 3), "rotation_raw": (B, 6 or 9)}``: the rotation, and the
+        head's output before Gram-Schmidt/SVD."""
+        raw = self.model.forward_raw(images)
+        return {"rotation": self.model.head.to_rotation(raw), "rotation_raw": raw}
+
+    def training_forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if self.rotation_loss is None:
+            # raw_mse needs no rotation: the training step skips Gram-Schmidt/SVD.
+            return {"rotation_raw": self.model.forward_raw(batch["image"])}
+        return self(batch["image"])
 
     def compute_loss(
         self, outputs: dict[str, Tensor], batch: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = self.rotation_loss(outputs["rotation"], batch["rotation"], batch.get(mask_key("rotation")))
+        mask = batch.get(mask_key("rotation"))
+        if self.rotation_loss is None:
+            loss = raw_mse_loss(outputs["rotation_raw"], batch["rotation"], mask)
+        else:
+            loss = self.rotation_loss(outputs["rotation"], batch["rotation"], mask)
         return loss, {f"{self.loss_name}_loss": loss}
