@@ -11,6 +11,7 @@ import torch
 import hpelib.rotation as hr
 from hpelib.data.datamodule import HPEDataModule
 from hpelib.methods import SixD, SixDNet
+from hpelib.methods.sixd import SIXD_LOSSES
 from hpelib.nn import BackboneNotFoundError
 from tests.toy import AxisGlyphDataset
 
@@ -41,6 +42,7 @@ def test_chordal_loss_option_and_unknown_loss_error():
     loss, parts = module.compute_loss({"rotation": pred}, {"rotation": torch.eye(3).expand(2, 3, 3)})
     assert set(parts) == {"chordal_loss"}
     assert float(loss) == pytest.approx(2.0)  # (4 (1 - cos 90deg) + 0) / 2
+    assert SIXD_LOSSES == ("chordal", "geodesic", "raw_mse")
     with pytest.raises(ValueError, match="unknown SixD loss 'l2'.*raw_mse"):
         SixD(backbone="test_resnet", loss="l2")
 
