@@ -10,13 +10,19 @@ from torch import Tensor
 from hpelib.data.sample import mask_key
 from hpelib.methods.base import HPEModule
 from hpelib.methods.sixd.model import SixDNet
-from hpelib.nn import ROTATION_LOSSES, get_rotation_loss, raw_mse_loss
+from hpelib.nn import ROTATION_LOSSES, raw_mse_loss
 
 __all__ = ["SIXD_LOSSES", "SixD"]
 
-#: Loss names of :class:`SixD`: the rotation losses on the orthonormalised matrix, and
-#: ``"raw_mse"`` on the raw output before it.
-SIXD_LOSSES: tuple[str, ...] = (*sorted(ROTATION_LOSSES), "raw_mse")
+# Loss name -> (the output it reads, the loss): the rotation losses read the orthonormalised
+# matrix, raw_mse the head's output before it.
+_LOSSES = {
+    **{name: ("rotation", fn) for name, fn in ROTATION_LOSSES.items()},
+    "raw_mse": ("rotation_raw", raw_mse_loss),
+}
+
+#: Loss names of :class:`SixD`.
+SIXD_LOSSES: tuple[str, ...] = tuple(sorted(_LOSSES))
 
 
 class SixD(HPEModule):
@@ -54,11 +60,10 @@ class SixD(HPEModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        if loss not in SIXD_LOSSES:
+        if loss not in _LOSSES:
             raise ValueError(f"unknown SixD loss {loss!r}; choose one of {list(SIXD_LOSSES)}")
         self.loss_name = loss
-        # raw_mse reads outputs["rotation_raw"]; the others the orthonormalised rotation.
-        self.rotation_loss = None if loss == "raw_mse" else get_rotation_loss(loss)
+        self.loss_input, self.rotation_loss = _LOSSES[loss]
         self.model = SixDNet(backbone, pretrained, checkpoint_path, backbone_kwargs, representation)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
@@ -68,7 +73,7 @@ class SixD(HPEModule):
         return {"rotation": self.model.head.to_rotation(raw), "rotation_raw": raw}
 
     def training_forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        if self.rotation_loss is None:
+        if self.loss_input == "rotation_raw":
             # raw_mse needs no rotation: the training step skips Gram-Schmidt/SVD.
             return {"rotation_raw": self.model.forward_raw(batch["image"])}
         return self(batch["image"])
@@ -76,9 +81,7 @@ class SixD(HPEModule):
     def compute_loss(
         self, outputs: dict[str, Tensor], batch: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        mask = batch.get(mask_key("rotation"))
-        if self.rotation_loss is None:
-            loss = raw_mse_loss(outputs["rotation_raw"], batch["rotation"], mask)
-        else:
-            loss = self.rotation_loss(outputs["rotation"], batch["rotation"], mask)
+        loss = self.rotation_loss(
+            outputs[self.loss_input], batch["rotation"], batch.get(mask_key("rotation"))
+        )
         return loss, {f"{self.loss_name}_loss": loss}
