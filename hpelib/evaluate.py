@@ -18,6 +18,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from hpelib.checkpoint_io import add_trust_checkpoint_argument
 from hpelib.data.datamodule import HPEDataModule
 from hpelib.data.sample import collate_samples, mask_key
 from hpelib.metrics import pose_errors
@@ -97,8 +98,12 @@ def evaluate(
     convention: str = "300wlp",
     legacy_6drepnet: bool = False,
     batch_size: int = 64,
+    trust_checkpoint: bool | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
     """Evaluate every checkpoint on every (test set x variant).
+
+    Checkpoints are read without running code from them; ``trust_checkpoint=True`` is the
+    opt-in for trusted files that need more (:mod:`hpelib.checkpoint_io`).
 
     Returns:
         ``(table, errors)``: the summary table (one row per checkpoint, set and variant with
@@ -113,7 +118,7 @@ def evaluate(
     names = euler_names(convention)
     rows, all_errors = [], {}
     for ckpt in checkpoints:
-        module = load_module(ckpt)
+        module = load_module(ckpt, trust_checkpoint)
         for set_name, dataset in zip(datamodule.test_names, datamodule.test_datasets, strict=True):
             for variant in variants:
                 errors = per_sample_errors(
@@ -169,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--convention", default="300wlp")
     parser.add_argument("--legacy-6drepnet", action="store_true")
     parser.add_argument("--batch-size", type=int, default=64)
+    add_trust_checkpoint_argument(parser)
     return parser
 
 
@@ -187,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         data.pop(key, None)
     data.pop("batch_size", None)
     table, errors = evaluate(
-        args.ckpt, test_sets, data, args.variants, args.convention, args.legacy_6drepnet, args.batch_size
+        args.ckpt, test_sets, data, args.variants, args.convention, args.legacy_6drepnet,
+        args.batch_size, args.trust_checkpoint,
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

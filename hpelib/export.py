@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hpelib.checkpoint_io import add_trust_checkpoint_argument
+
 __all__ = ["export_onnx", "onnx_parity", "main"]
 
 
@@ -62,12 +64,14 @@ def export_onnx(
     opset: int = 17,
     check: bool = True,
     atol: float = 1e-4,
+    trust_checkpoint: bool | None = None,
 ) -> dict[str, float]:
     """Export ``checkpoint`` to ONNX at ``output``; returns the parity errors (empty if
-    ``check`` is False) and raises ``RuntimeError`` when an output differs by more than ``atol``."""
+    ``check`` is False) and raises ``RuntimeError`` when an output differs by more than ``atol``.
+    The checkpoint is read as by :func:`hpelib.load` (``trust_checkpoint`` likewise)."""
     from hpelib.predict import load
 
-    predictor = load(checkpoint)
+    predictor = load(checkpoint, trust_checkpoint=trust_checkpoint)
     module = predictor.module.eval()
     size = predictor.image_size
     example = torch.zeros(2, 3, size, size)
@@ -122,8 +126,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     parser.add_argument("--atol", type=float, default=1e-4)
+    add_trust_checkpoint_argument(parser)
     args = parser.parse_args(argv)
-    errors = export_onnx(args.ckpt, args.output, args.opset, not args.no_check, args.atol)
+    errors = export_onnx(
+        args.ckpt, args.output, args.opset, not args.no_check, args.atol, args.trust_checkpoint
+    )
     print(f"wrote {args.output}")
     for key, err in errors.items():
         print(f"parity {key}: max abs difference {err:.2e}")

@@ -17,6 +17,9 @@ normalisation, grayscale), read from the checkpoint, and accepts image paths, PI
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +33,8 @@ from kornia.color import rgb_to_grayscale
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from hpelib.checkpoint_io import read_checkpoint
 from hpelib.rotation import ImageWarp, euler_names, rotation_to_euler
-from hpelib.specs import import_object
 
 if TYPE_CHECKING:
     from hpelib.data.datasets.base import CropRule
@@ -39,6 +42,17 @@ if TYPE_CHECKING:
 __all__ = ["PosePrediction", "Predictor", "annotate", "load", "load_module", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+_log = logging.getLogger(__name__)
+
+#: What PIL raises on a broken or hostile image file (PIL turns most into ``OSError``).
+_DECODE_ERRORS = (
+    UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
+    EOFError,
+)  # fmt: skip
+
+#: Float images may exceed [0, 1] by this much (rounding in the user's conversion).
+_RANGE_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -86,19 +100,36 @@ class PosePrediction:
 
 
 def _read_image(path: str | Path) -> Tensor:
+    """``(3, H, W)`` uint8 RGB; a missing file, broken symlink or symlink loop is a
+    ``FileNotFoundError`` and an undecodable file (truncated, not an image) a ``ValueError``,
+    both naming the file, so that callers can report it and go on."""
     path = Path(path)
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise FileNotFoundError(f"image file {str(path)!r} is a symlink loop") from err
+        if path.is_symlink():
+            raise FileNotFoundError(
+                f"image file {str(path)!r} is a broken symlink (to {os.readlink(path)!r})"
+            ) from err
+        if err.errno == errno.ENOENT:
+            raise FileNotFoundError(f"image file {str(path)!r} does not exist") from err
+        raise OSError(f"image file {str(path)!r} cannot be read: {err.strerror}") from err
     if not path.is_file():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"image file {str(path)!r} is not a file")
     try:
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
+    except _DECODE_ERRORS as err:
         raise ValueError(f"cannot decode image {str(path)!r}: {err}") from err
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def _to_float_chw(image: Any) -> Tensor:
-    """One image of any accepted kind -> ``(3, H, W)`` float in [0, 1]."""
+def _to_float_chw(image: Any, what: str = "image") -> Tensor:
+    """One image of any accepted kind -> ``(3, H, W)`` float in [0, 1]. Values that are not
+    finite or out of range are an error (``what`` names the image): a 0-255 float image
+    would otherwise give a confident wrong pose."""
     if isinstance(image, str | Path):
         image = _read_image(image)
     elif isinstance(image, Image.Image):
@@ -114,7 +145,20 @@ def _to_float_chw(image: Any) -> Tensor:
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"tensor images must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
     image = image.expand(3, -1, -1)
-    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"{what} is empty: shape {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        return image.float() / 255.0
+    dtype = str(image.dtype).removeprefix("torch.")
+    image = image.float()
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{what} contains NaN or inf values")
+    lo, hi = (float(v) for v in torch.aminmax(image))
+    if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"{what} must be uint8 0-255 or float in [0, 1], got {dtype} values in [{lo:g}, {hi:g}]"
+        )
+    return image
 
 
 def _square_boxes(boxes: Tensor, margin: float) -> Tensor:
@@ -132,7 +176,13 @@ def _edge_boxes_to_centres(boxes: Tensor, size: int) -> Tensor:
     return torch.cat([boxes[:, :2] - 0.5 + half_step, boxes[:, 2:] - 0.5 - half_step], dim=-1)
 
 
+def _fmt_box(box: Tensor) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in box) + "]"
+
+
 def _box_tensor(boxes: Any, n: int, what: str) -> Tensor | None:
+    """``(n, 4)`` float boxes; a NaN/inf or zero-area box (``x1 <= x0`` or ``y1 <= y0``) is
+    an error naming its index: it would crop nothing and give a meaningless pose."""
     if boxes is None:
         return None
     if isinstance(boxes, Tensor):
@@ -140,15 +190,47 @@ def _box_tensor(boxes: Any, n: int, what: str) -> Tensor | None:
     out = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
     if len(out) != n:
         raise ValueError(f"got {len(out)} {what} for {n} images")
+    for i, box in enumerate(out):
+        if not torch.isfinite(box).all():
+            raise ValueError(f"{what}[{i}] = {_fmt_box(box)} is not finite")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(
+                f"{what}[{i}] = {_fmt_box(box)} has zero area (needs x1 > x0 and y1 > y0)"
+            )
     return out
 
 
+def _check_inside(box: Tensor, i: int, what: str, width: int, height: int) -> None:
+    """A box that misses the image entirely would crop only zero padding; a box partly
+    outside is fine (padded with zeros, as the loaders' PIL crop)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise ValueError(
+            f"{what}[{i}] = {_fmt_box(box)} lies entirely outside image {i} "
+            f"({width} x {height} pixels)"
+        )
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+
+
 def _items(images: Any) -> list[Any]:
+    """One image or a batch -> a list; an empty batch is an error (no silent empty result)."""
     if isinstance(images, Tensor) and images.ndim == 4:
-        return list(images)
-    if isinstance(images, list | tuple):
-        return list(images)
-    return [images]
+        items = list(images)
+    elif isinstance(images, list | tuple):
+        items = list(images)
+    else:
+        return [images]
+    if not items:
+        raise ValueError(
+            f"no images given (an empty {type(images).__name__}); pass at least one image"
+        )
+    return items
 
 
 #: A face detector: ``(H, W, 3)`` uint8 RGB image -> ``(N, 4)`` boxes, most confident first.
@@ -180,6 +262,104 @@ def _largest(boxes: np.ndarray) -> np.ndarray:
     faces can score higher (a frontal bystander vs a turned subject)."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return boxes[int(np.argmax(area))]
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """The entries of ``folder`` with an image suffix, sorted, directories left out. Entries
+    are not opened here: a broken link or symlink loop is listed, and reported when read."""
+    paths = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                if entry.is_dir():
+                    continue
+            except OSError:  # a symlink loop on some systems: kept, reported when read
+                pass
+            paths.append(folder / entry.name)
+    return sorted(paths)
+
+
+def _identities(path: Path) -> set[Any]:
+    """What ``path`` names or would name when written: its directory entry (folder
+    resolved), its final target (symlinks followed) and, when it exists, ``(device,
+    inode)`` (hard links, other spellings: the test of :func:`os.path.samefile`). Two paths
+    sharing one of these are the same file."""
+    found: set[Any] = {Path(os.path.abspath(path))}
+    for resolve in (lambda: path.parent.resolve() / path.name, path.resolve):
+        try:
+            found.add(resolve())
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            pass
+    try:
+        st = path.stat()
+        found.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    return found
+
+
+def _check_folder_outputs(
+    folder: Path,
+    inputs: list[Path],
+    output_csv: str | Path | None,
+    annotated_dir: str | Path | None,
+) -> tuple[Path | None, Path | None]:
+    """Refuse, before any inference, outputs of :meth:`Predictor.predict_folder` that would
+    overwrite an input image (or the CSV an annotated image); returns the two paths."""
+    seen: dict[Any, Path] = {k: p for p in inputs for k in _identities(p)}
+    out_dir = None if annotated_dir is None else Path(annotated_dir)
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"annotated_dir {str(out_dir)!r} is a file, not a folder")
+        clashes = [
+            (out_dir / p.name, hit)
+            for p in inputs
+            if (hit := next((seen[k] for k in _identities(out_dir / p.name) if k in seen), None))
+        ]
+        if clashes:
+            target, source = clashes[0]
+            raise ValueError(
+                f"annotated_dir {str(out_dir)!r} would overwrite {len(clashes)} input image(s) "
+                f"of {str(folder)!r} (e.g. {str(target)!r} is the input {str(source)!r}); "
+                "choose another folder"
+            )
+    csv_path = None if output_csv is None else Path(output_csv)
+    if csv_path is not None:
+        if csv_path.is_dir():
+            raise ValueError(f"output_csv {str(csv_path)!r} is a directory, not a file name")
+        hit = next((seen[k] for k in _identities(csv_path) if k in seen), None)
+        if hit is not None:
+            raise ValueError(
+                f"output_csv {str(csv_path)!r} is the input image {str(hit)!r}; writing it "
+                "would destroy the image"
+            )
+        if out_dir is not None:
+            planned = {k for p in inputs for k in _identities(out_dir / p.name)}
+            if _identities(csv_path) & planned:
+                raise ValueError(
+                    f"output_csv {str(csv_path)!r} is also an annotated image path of "
+                    f"annotated_dir {str(out_dir)!r}"
+                )
+        if not csv_path.parent.is_dir():
+            raise FileNotFoundError(f"the folder of output_csv {str(csv_path)!r} does not exist")
+    return csv_path, out_dir
+
+
+def _read_chunk(paths: list[Path]) -> tuple[list[Tensor | None], list[str]]:
+    """Read each file; an unreadable one gives ``None`` and its error message (``""`` for
+    the others), so one bad file does not stop a folder."""
+    images: list[Tensor | None] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            images.append(_read_image(path))
+            errors.append("")
+        except (OSError, ValueError) as err:
+            images.append(None)
+            errors.append(str(err))
+    return images, errors
 
 
 def annotate(image: Any, prediction: PosePrediction, width: int = 2) -> Any:
@@ -256,8 +436,11 @@ class Predictor:
             raise ValueError("give boxes or crop_boxes, not both")
         crops = []
         for i, item in enumerate(items):
-            img = _to_float_chw(item).to(self.device)
+            img = _to_float_chw(item, f"image {i}").to(self.device)
             h, w = img.shape[-2:]
+            for given, what in ((box_tensor, "boxes"), (crop_tensor, "crop_boxes")):
+                if given is not None:
+                    _check_inside(given[i], i, what, int(w), int(h))
             if box_tensor is not None:
                 box = _square_boxes(box_tensor[i : i + 1], self.box_margin)
             elif crop_tensor is not None:
@@ -325,7 +508,12 @@ class Predictor:
 
         Returns:
             :class:`PosePrediction` with ``B`` rows (``boxes`` set from ``boxes`` or the detector).
+
+        Input that would give a meaningless pose is a ``ValueError`` naming the image or box:
+        float images outside [0, 1] (e.g. 0-255 floats) or with NaN/inf, an empty batch,
+        boxes that are NaN, of zero area or entirely outside their image.
         """
+        _check_batch_size(batch_size)
         if detector is None:
             pred = self._run(self.preprocess(images, boxes, crop_boxes), batch_size)
             if boxes is not None:
@@ -333,7 +521,7 @@ class Predictor:
             return pred
         if boxes is not None or crop_boxes is not None:
             raise ValueError("give a detector or boxes/crop_boxes, not both")
-        items = [_to_float_chw(x) for x in _items(images)]
+        items = [_to_float_chw(x, f"image {i}") for i, x in enumerate(_items(images))]
         find = _resolve_detector(detector)
         faces = [_detect(img, find) for img in items]
         missing = [i for i, f in enumerate(faces) if len(f) == 0]
@@ -372,10 +560,12 @@ class Predictor:
         """Every face the detector finds in ONE image (a video frame): ``N >= 0`` rows, most
         confident first, ``boxes`` = the detector boxes. See :meth:`predict` for the
         arguments."""
+        _check_batch_size(batch_size)
         img = _to_float_chw(image)
         det = _detect(img, _resolve_detector(detector))
         return self._predict_detections([img] * len(det), det, crop_rule, batch_size)
 
+    @torch.no_grad()
     def predict_folder(
         self,
         folder: str | Path,
@@ -389,60 +579,90 @@ class Predictor:
 
         With a ``detector`` each image's largest face is used and the table gets its
         box (``x0 .. y1``); images without a face get a row of NaN.
+
+        The output paths are checked before any inference: an ``output_csv`` or annotated
+        image that would overwrite an input image (same folder, symlinks, hard links) is an
+        error. An unreadable file (truncated, not an image, broken symlink) does not stop
+        the run: its row has NaN values and the reason in the ``error`` column (empty for
+        the others), and a warning counts them at the end. The CSV gets each chunk's rows as
+        soon as they are predicted, so an interrupted run keeps the finished ones.
         """
+        _check_batch_size(batch_size)
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = _list_images(folder)
         if not paths:
             raise ValueError(
                 f"image folder {str(folder)!r} has no images ({', '.join(IMAGE_SUFFIXES)})"
             )
+        csv_path, out_dir = _check_folder_outputs(folder, paths, output_csv, annotated_dir)
         find = None if detector is None else _resolve_detector(detector)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
         frames = []
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            if find is None:
-                pred = self.predict(chunk, batch_size=batch_size)
-                found = list(range(len(chunk)))
-                frame = pred.to_dataframe()
-            else:
-                images = [_to_float_chw(p) for p in chunk]
-                faces = [_detect(img, find) for img in images]
-                found = [i for i, f in enumerate(faces) if len(f)]
-                det = np.stack([_largest(faces[i]) for i in found]) if found else np.zeros((0, 4))
-                pred = self._predict_detections(
-                    [images[i] for i in found], det, crop_rule, batch_size
-                )
-                # Faceless images keep their row, with NaN angles and box.
+        failed = 0
+        csv_file = None if csv_path is None else open(csv_path, "w", newline="", encoding="utf-8")
+        try:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start : start + batch_size]
+                images, errors = _read_chunk(chunk)
+                failed += sum(map(bool, errors))
+                ok = [i for i, img in enumerate(images) if img is not None]
+                if find is None:
+                    found = ok
+                    pred = (
+                        self._run(self.preprocess([images[i] for i in ok]), batch_size)
+                        if ok
+                        else PosePrediction(  # no box columns, as the other chunks
+                            torch.zeros(0, 3, 3), torch.zeros(0, 3), self.names, self.convention
+                        )
+                    )
+                else:
+                    floats = {i: _to_float_chw(images[i], str(chunk[i])) for i in ok}
+                    faces = {i: _detect(floats[i], find) for i in ok}
+                    found = [i for i in ok if len(faces[i])]
+                    det = (
+                        np.stack([_largest(faces[i]) for i in found]) if found else np.zeros((0, 4))
+                    )
+                    pred = self._predict_detections(
+                        [floats[i] for i in found], det, crop_rule, batch_size
+                    )
+                # Unreadable and faceless images keep their row, with NaN angles (and box).
                 frame = pred.to_dataframe().set_axis(found).reindex(range(len(chunk)))
-            frame.insert(0, "path", [p.name for p in chunk])
-            frames.append(frame)
-            if annotated_dir is not None:
-                out = Path(annotated_dir)
-                out.mkdir(parents=True, exist_ok=True)
-                for k, path in enumerate(chunk):
-                    with Image.open(path) as img:
-                        rgb = img.convert("RGB")
-                    if k in found:
-                        j = found.index(k)
-                        one = PosePrediction(
-                            pred.rotation[j : j + 1], pred.euler_deg[j : j + 1], pred.names, pred.convention,
-                            boxes=None if pred.boxes is None else pred.boxes[j : j + 1],
-                        )  # fmt: skip
-                        rgb = annotate(rgb, one)
-                    rgb.save(out / path.name)
-        table = pd.concat(frames, ignore_index=True)
-        if output_csv is not None:
-            table.to_csv(output_csv, index=False)
-        return table
+                frame.insert(0, "path", [p.name for p in chunk])
+                frame["error"] = errors
+                frames.append(frame)
+                if csv_file is not None:
+                    frame.to_csv(csv_file, header=start == 0, index=False)
+                    csv_file.flush()
+                if out_dir is not None:
+                    for k in ok:
+                        rgb = Image.fromarray(
+                            np.ascontiguousarray(images[k].permute(1, 2, 0).numpy())
+                        )
+                        if k in found:
+                            j = found.index(k)
+                            one = PosePrediction(
+                                pred.rotation[j : j + 1], pred.euler_deg[j : j + 1], pred.names, pred.convention,
+                                boxes=None if pred.boxes is None else pred.boxes[j : j + 1],
+                            )  # fmt: skip
+                            rgb = annotate(rgb, one)
+                        rgb.save(out_dir / chunk[k].name)
+        finally:
+            if csv_file is not None:
+                csv_file.close()
+        if failed:
+            _log.warning(
+                "predict_folder: %d of %d images could not be read (see the 'error' column of %s)",
+                failed, len(paths), str(csv_path) if csv_path is not None else "the returned table",
+            )  # fmt: skip
+        return pd.concat(frames, ignore_index=True)
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("hpelib_class_path") is None:
+def _read_checkpoint(path: Path, trust_checkpoint: bool | None = None) -> dict[str, Any]:
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    if not isinstance(ckpt, dict) or ckpt.get("hpelib_class_path") is None:
         raise ValueError(
             f"checkpoint {str(path)!r} was not written by an hpelib method (no hpelib_class_path)"
         )
@@ -450,15 +670,30 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _module_from(path: Path, ckpt: dict[str, Any]) -> torch.nn.Module:
-    cls = import_object(ckpt["hpelib_class_path"])
-    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=False).eval()
+    """Build the registered class the checkpoint names and load its weights. The class comes
+    from hpelib's registry (never imported by name), and the saved hyper-parameters are passed
+    to it as plain values: Lightning's ``_instantiator`` entry, which would hand them to
+    jsonargparse (able to import classes named in them), is dropped."""
+    from lightning.pytorch.core.saving import _load_state
+
+    from hpelib.methods.base import method_class
+
+    cls = method_class(ckpt["hpelib_class_path"], f"checkpoint {str(path)!r}")
+    hparams = dict(ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+    for key in ("_instantiator", "_class_path"):
+        hparams.pop(key, None)
+    module = _load_state(cls, {**ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY: hparams}, strict=True)
+    return module.eval()
 
 
-def load_module(checkpoint: str | Path) -> torch.nn.Module:
+def load_module(checkpoint: str | Path, trust_checkpoint: bool | None = None) -> torch.nn.Module:
     """Rebuild the hpelib method saved in ``checkpoint`` (its class path is stored by
-    ``HPEModule.on_save_checkpoint``), in eval mode on the CPU."""
+    ``HPEModule.on_save_checkpoint``), in eval mode on the CPU.
+
+    The file is read without running code from it (:func:`hpelib.checkpoint_io.read_checkpoint`);
+    ``trust_checkpoint=True`` is the opt-in for a file you trust that needs more."""
     path = Path(checkpoint)
-    return _module_from(path, _read_checkpoint(path))
+    return _module_from(path, _read_checkpoint(path, trust_checkpoint))
 
 
 def load(
@@ -466,11 +701,16 @@ def load(
     device: str | torch.device = "cpu",
     convention: str | None = None,
     box_margin: float = 0.0,
+    trust_checkpoint: bool | None = None,
 ) -> Predictor:
     """Load a checkpoint written by ``hpelib fit`` (or any Lightning run of an hpelib method)
-    and return a :class:`Predictor` with the training preprocessing."""
+    and return a :class:`Predictor` with the training preprocessing.
+
+    The checkpoint is read without running code from it and must name a registered hpelib
+    method (see :mod:`hpelib.checkpoint_io`); ``trust_checkpoint=True`` allows a trusted file
+    that pickled other objects."""
     path = Path(checkpoint)
-    ckpt = _read_checkpoint(path)
+    ckpt = _read_checkpoint(path, trust_checkpoint)
     module = _module_from(path, ckpt)
     prep = next(
         (v["preprocessing"] for v in ckpt.values() if isinstance(v, dict) and "preprocessing" in v),

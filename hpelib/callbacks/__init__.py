@@ -1,10 +1,12 @@
 """Lightning callbacks: stage switching, k-means centroid init, time-budgeted LR decay."""
 
+from hpelib.callbacks.checkpoint import HPEModelCheckpoint
 from hpelib.callbacks.kmeans_init import KMeansCentroidInit, gather_embeddings, kmeans
 from hpelib.callbacks.stages import StageSwitch, enable_unused_parameter_detection
 from hpelib.callbacks.time_budget import TimeBudgetLR, budget_lr_factor, parse_duration
 
 __all__ = [
+    "HPEModelCheckpoint",
     "KMeansCentroidInit",
     "StageSwitch",
     "TimeBudgetLR",

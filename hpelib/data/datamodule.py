@@ -84,6 +84,18 @@ def _spec_label(spec: Any, dataset: Dataset, i: int) -> str:
     return getattr(dataset, "name", None) or f"{type(dataset).__name__.lower()}{i}"
 
 
+def _describe(spec: Any, dataset: Dataset, i: int) -> str:
+    """A training dataset as an error message names it: its label or name, and its data."""
+    if isinstance(spec, Mapping):
+        label = spec.get("label") or spec.get("name") or getattr(dataset, "name", None)
+        label = label or spec.get("class_path") or type(dataset).__name__
+        where = next((spec[k] for k in ("root", "table", "path") if spec.get(k) is not None), None)
+    else:
+        label = getattr(dataset, "name", None) or type(dataset).__name__
+        where = getattr(dataset, "root", None)
+    return f"{label} at {where}" if where is not None else str(label)
+
+
 class _EpochSeeded:
     """Mixin: the random draw of pass ``k`` over the data is seeded by ``seed + k``.
 
@@ -137,7 +149,9 @@ class HPEDataModule(LightningDataModule):
         test: spec, list of specs, or mapping ``{name: spec}`` (one metric group per set).
         samples_per_epoch: draw this many training items per epoch with the specs' ``weight``
             (with replacement); default: one pass over the concatenated datasets.
-        batch_size: training batch size (per process under DDP).
+        batch_size: training batch size (per process under DDP). Training batches are full
+            (``drop_last``): a training set with fewer items per process than ``batch_size``
+            is a ``ValueError`` when the train loader is built, not an epoch without batches.
         eval_batch_size: validation/test batch size (default: ``batch_size``).
         num_workers: DataLoader workers.
         augmentation: name for :func:`hpelib.data.transforms.build_augmentation` (``"none"``,
@@ -181,6 +195,7 @@ class HPEDataModule(LightningDataModule):
         self.test_names: list[str] = []
         self.predict_dataset: Dataset | None = None
         self._train_weights: list[float] = []
+        self._train_labels: list[str] = []
 
     @staticmethod
     def _build_augmentation(augmentation: str | nn.Module | None) -> nn.Module | None:
@@ -212,6 +227,9 @@ class HPEDataModule(LightningDataModule):
             datasets = [build_dataset_from_spec(s) for s in specs]
             self._train_weights = [
                 float(s.get("weight", 1.0)) if isinstance(s, Mapping) else 1.0 for s in specs
+            ]
+            self._train_labels = [
+                _describe(s, d, i) for i, (s, d) in enumerate(zip(specs, datasets, strict=True))
             ]
             self.train_dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
         if stage in (None, "fit", "validate") and self.val_dataset is None and self.val_spec is not None:
@@ -253,6 +271,7 @@ class HPEDataModule(LightningDataModule):
         weighted = len(set(self._train_weights)) > 1 or self.samples_per_epoch is not None
         if not weighted:
             sampler = EpochShuffleSampler(dataset, self.seed)
+            self._check_train_size(dataset, len(sampler))
             return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
         parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
         per_item = torch.cat(
@@ -260,7 +279,31 @@ class HPEDataModule(LightningDataModule):
              for d, w in zip(parts, self._train_weights, strict=True)]
         )
         sampler = EpochWeightedSampler(per_item, self.samples_per_epoch or len(dataset), self.seed)
+        self._check_train_size(dataset, len(sampler))
         return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
+
+    def _check_train_size(self, dataset: Dataset, per_epoch: int) -> None:
+        """Raise when no full training batch exists (the train loader drops the last partial
+        one): Lightning would only print "No training batches" and the run would end as a
+        success without training."""
+        trainer = getattr(self, "trainer", None)
+        world = max(1, int(getattr(trainer, "world_size", 1) or 1)) if trainer is not None else 1
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if not getattr(connector, "use_distributed_sampler", True):
+            world = 1  # every rank iterates the whole sampler
+        # Lightning's DistributedSampler pads every rank to ceil(n / world) items.
+        per_rank = -(-per_epoch // world)
+        if per_rank >= self.batch_size:
+            return
+        labels = self._train_labels or [_describe(None, dataset, 0)]
+        where = f" per process over {world} processes ({per_epoch} in all)" if world > 1 else ""
+        drawn = "" if len(dataset) == per_epoch else f", {len(dataset)} in the dataset"
+        fix = f"Lower data.batch_size to at most {per_rank} or add" if per_rank else "Add"
+        raise ValueError(
+            f"training set {' + '.join(labels)} gives {per_rank} item(s) per epoch{where}"
+            f"{drawn}, fewer than batch_size={self.batch_size}: the train loader drops the "
+            f"incomplete last batch, so no training batch is left. {fix} training data."
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         # Validation is optional during fit: no val spec -> no validation loop.

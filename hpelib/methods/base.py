@@ -13,10 +13,12 @@ optionally overriding ``training_forward(batch)`` when training needs more than 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
@@ -24,9 +26,43 @@ from torch import Tensor, nn
 
 from hpelib.data.sample import mask_key
 from hpelib.metrics import PoseMetrics
+from hpelib.plugins import AtomicCheckpointIO
 from hpelib.rotation import euler_names, rotation_to_euler
 
-__all__ = ["HPEModule"]
+__all__ = ["HPEModule", "method_class", "registered_methods"]
+
+# Every HPEModule subclass by "module.QualName", filled as classes are defined: checkpoints
+# name their class this way, and loading only looks it up here, never imports what a file names.
+_METHODS: dict[str, type[HPEModule]] = {}
+
+
+def registered_methods() -> dict[str, type[HPEModule]]:
+    """``{"module.QualName": class}`` of every :class:`HPEModule` subclass defined so far
+    (hpelib's methods once :mod:`hpelib.methods` is imported, and any of the user's)."""
+    import hpelib.methods  # noqa: F401  (defines, hence registers, the built-in methods)
+
+    return dict(_METHODS)
+
+
+def method_class(class_path: Any, source: str = "checkpoint") -> type[HPEModule]:
+    """The registered :class:`HPEModule` subclass named ``class_path``; ``ValueError``
+    naming ``source`` for anything else. Nothing is imported: a method of your own must be
+    defined (its module imported) before its checkpoints are loaded."""
+    methods = registered_methods()
+    if isinstance(class_path, str) and class_path not in methods:
+        # A re-export ("hpelib.methods.SixD"): looked up in modules already imported only.
+        module_name, _, name = class_path.rpartition(".")
+        found = getattr(sys.modules.get(module_name), name, None)
+        if isinstance(found, type) and found in methods.values():
+            return found
+    if not isinstance(class_path, str) or class_path not in methods:
+        raise ValueError(
+            f"{source} names the class {class_path!r}, which is not an hpelib method (an "
+            "HPEModule subclass defined in this process). hpelib never imports a module "
+            "named by a file; if the class is your own, import its module first. Known: "
+            f"{', '.join(sorted(methods))}"
+        )
+    return methods[class_path]
 
 
 def _rotation_mask(batch: dict[str, Any]) -> Tensor:
@@ -52,6 +88,10 @@ class HPEModule(LightningModule):
             for regnetx_002 at 64 px on 2 CPU cores. Same results up to float rounding.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _METHODS[f"{cls.__module__}.{cls.__qualname__}"] = cls
+
     def __init__(
         self,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -64,6 +104,9 @@ class HPEModule(LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        #: Whether the constructor loaded a whole trained model (e.g. LEC-HPE's
+        #: ``init_weights``): ``hpelib test`` without ``--ckpt_path`` is an error otherwise.
+        self.weights_loaded = False
         self.channels_last = channels_last
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(
@@ -96,6 +139,11 @@ class HPEModule(LightningModule):
         return self(batch["image"])
 
     def setup(self, stage: str) -> None:
+        # Atomic checkpoint writes and safe reads (resume, --ckpt_path) for every trainer
+        # that runs an hpelib method; a user's own CheckpointIO plugin is left alone.
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if strategy is not None and type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
         # Converting the weights is enough: a convolution runs NHWC when its weight is NHWC,
         # and its output (the next layer's input) is then NHWC too.
         if self.channels_last:

@@ -8,6 +8,8 @@ from pathlib import Path
 import timm
 from torch import nn
 
+from hpelib.checkpoint_io import read_checkpoint
+
 __all__ = ["create_backbone", "BackboneNotFoundError"]
 
 
@@ -43,7 +45,10 @@ def create_backbone(
         name: any timm model name (``resnet18``, ``repvgg_b1g2``, ``swinv2_base_window8_256``...).
         pretrained: load timm's pretrained weights (needs network access or a warm cache).
         checkpoint_path: local weights file (timm/ImageNet checkpoint or a state dict) used
-            instead of downloading; implies pretrained weights.
+            instead of downloading; implies pretrained weights. It is checked with
+            :func:`hpelib.checkpoint_io.read_checkpoint` first, so a file that would run code
+            when unpickled is refused (whatever timm version loads it afterwards);
+            ``.safetensors`` files go to timm directly.
         in_chans: input channels (1 for grayscale models such as OpNet).
         drop_rate: dropout before the (removed) classifier.
         **kwargs: further arguments of the timm model's constructor (a method's
@@ -63,8 +68,8 @@ def create_backbone(
     overlay = None
     if checkpoint_path is not None:
         path = Path(checkpoint_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone checkpoint_path {str(path)!r} does not exist")
+        if path.suffix != ".safetensors":  # safetensors holds no code; timm reads it as is
+            read_checkpoint(path, what="backbone checkpoint_path")
         overlay = {"file": str(path)}
         pretrained = True
     try:

@@ -18,7 +18,8 @@ import pytest
 import scipy.io
 import torch
 
-from hpelib.data.datasets import AFLW2000, BIWIRaw, DatasetError, Pose300WLP, PoseTable
+from hpelib.data.datasets import AFLW2000, BIWINpz, BIWIRaw, DatasetError, Pose300WLP, PoseTable
+from hpelib.data.datasets.base import angle_unit_mixup
 from hpelib.methods import LECHPE
 from hpelib.nn import BackboneNotFoundError, create_backbone
 from hpelib.rotation import rotation_from_euler_300wlp
@@ -301,3 +302,128 @@ def test_table_angle_limit_rejects_out_of_range_angle(tmp_path: Path) -> None:
     ):
         PoseTable(csv, angle_limit_deg=90)
     assert len(PoseTable(csv)) == 2  # no limit by default
+
+
+# ------------------------------------------------------------------------- angle units
+DEGREE_POSES = [(10.0, -30.0, 5.0), (0.0, 45.0, 2.0), (-5.0, 20.0, 0.0), (3.0, -60.0, 1.0)]
+
+
+@pytest.mark.parametrize("dataset", ["aflw2000", "300wlp"])
+def test_degrees_in_pose_para_are_a_unit_error(tmp_path: Path, dataset: str) -> None:
+    root = tmp_path / dataset
+    folder = root if dataset == "aflw2000" else root / "AFW"
+    for k, pose in enumerate(DEGREE_POSES):  # degrees written where radians belong
+        write_3ddfa(folder, f"image0000{k}" if dataset == "aflw2000" else f"AFW_{k}_0", pose)
+    build = AFLW2000 if dataset == "aflw2000" else Pose300WLP
+    with pytest.raises(
+        DatasetError,
+        match=rf"{dataset}: .*{root.name}: 'Pose_Para' angles must be radians, but 4 of 4 items "
+        r"have an \|angle\| > pi.*(image00000|AFW_0_0)\.mat .*unit mix-up.*check_units=False",
+    ):
+        build(root)
+    if dataset == "aflw2000":  # opted out, the 99-degree filter then drops everything
+        with pytest.raises(DatasetError, match=r"99-degree filter dropped all 4"):
+            AFLW2000(root, check_units=False)
+    else:
+        assert len(Pose300WLP(root, check_units=False, angle_limit_deg=None)) == 4
+
+
+def test_a_few_wild_radian_labels_are_not_a_unit_error(tmp_path: Path) -> None:
+    # The rule decides on the share of items: AFLW2000's roll of -972 degrees is one item.
+    root = tmp_path / "AFLW2000"
+    write_3ddfa(root, "image00001", POSE)
+    write_3ddfa(root, "image00002", (0.1, 0.2, math.radians(-972)))
+    write_3ddfa(root, "image00003", (-0.3, 0.6, 0.0))
+    ds = AFLW2000(root)
+    assert len(ds) == 2 and ds.num_filtered == 1
+    write_3ddfa(root, "image00003", (math.radians(200), 0.0, math.radians(-400)))
+    with pytest.raises(DatasetError, match=r"2 of 3 items have an \|angle\| > pi"):
+        AFLW2000(root)
+
+
+def test_unit_rule_on_the_real_aflw2000_dev_labels(shared_dir: Path, tmp_path: Path) -> None:
+    root = shared_dir / "data" / "AFLW2000-dev"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    ds = AFLW2000(root, filter_99=False, cache=tmp_path / "cache")  # radians: no error
+    rad = np.radians(ds.index.loc[:, ["pitch", "yaw", "roll"]].to_numpy(np.float64))
+    share = float((np.abs(rad).max(axis=1) > math.pi).mean())
+    assert len(rad) == 1000 and share == pytest.approx(0.006)  # a few wild labels
+    deg = np.degrees(rad)
+    assert angle_unit_mixup(rad, "radians") == ""
+    assert "990 of 1000 items have an |angle| > pi" in angle_unit_mixup(deg, "radians")
+    assert angle_unit_mixup(deg, "degrees") == ""
+    assert "look like radians" in angle_unit_mixup(rad, "degrees")
+    # The same labels times 180/pi in real files (every 10th item): the loader refuses them.
+    copy = tmp_path / "AFLW2000-degrees"
+    copy.mkdir()
+    for mat in sorted(root.glob("*.mat"))[::10]:
+        content = scipy.io.loadmat(mat)
+        content = {k: v for k, v in content.items() if not k.startswith("__")}
+        content["Pose_Para"] = content["Pose_Para"].copy()
+        content["Pose_Para"][0, :3] = np.degrees(content["Pose_Para"][0, :3])
+        scipy.io.savemat(copy / mat.name, content)
+        (copy / mat.with_suffix(".jpg").name).symlink_to(mat.with_suffix(".jpg"))
+    with pytest.raises(DatasetError, match=r"(9\d|100) of 100 items have an \|angle\| > pi"):
+        AFLW2000(copy, cache=False)
+
+
+def _biwi_npz(path: Path, pose: np.ndarray) -> Path:
+    images = np.zeros((len(pose), 8, 8, 3), np.uint8)
+    np.savez(path, image=images, pose=pose)  # FSA-Net's keys: BGR images, degree poses
+    return path
+
+
+def test_radians_in_biwi_npz_are_a_unit_error(tmp_path: Path) -> None:
+    pose = np.random.default_rng(0).uniform(-1.2, 1.2, (12, 3))  # yaw, pitch, roll radians
+    path = _biwi_npz(tmp_path / "BIWI_test.npz", pose)
+    with pytest.raises(
+        DatasetError,
+        match=r"biwi_npz: .*BIWI_test\.npz: 'pose' .* must be degrees, but 12 of 12 items have "
+        r"every \|angle\| <= pi .*unit mix-up.*check_units=False",
+    ):
+        BIWINpz(path)
+    assert len(BIWINpz(path, check_units=False)) == 12
+    assert len(BIWINpz(_biwi_npz(tmp_path / "deg.npz", np.degrees(pose)))) == 12
+    # Near-zero poses read the same in both units: not a mix-up.
+    assert len(BIWINpz(_biwi_npz(tmp_path / "zero.npz", pose * 0.05))) == 12
+
+
+@pytest.mark.parametrize("degrees", [True, False])
+def test_table_angles_in_the_other_unit_are_an_error(tmp_path: Path, degrees: bool) -> None:
+    root = table_dir(tmp_path)
+    rng = np.random.default_rng(1)
+    rad = rng.uniform(-1.0, 1.0, (12, 3))
+    wrong = rad if degrees else np.degrees(rad)  # the unit the flag does NOT say
+    csv = root / "labels.csv"
+    pd.DataFrame({
+        "path": [f"img/{i % 3}.png" for i in range(12)],
+        "pitch": wrong[:, 0], "yaw": wrong[:, 1], "roll": wrong[:, 2],
+    }).to_csv(csv, index=False)  # fmt: skip
+    unit, other = ("degrees", "radians") if degrees else ("radians", "degrees")
+    with pytest.raises(
+        DatasetError,
+        match=rf"table: .*labels\.csv: angle columns pitch, yaw, roll must be {unit} "
+        rf"\(degrees={degrees}\), .*look like {other}.*set degrees={not degrees}",
+    ):
+        PoseTable(csv, degrees=degrees)
+    assert len(PoseTable(csv, degrees=not degrees)) == 12
+    assert len(PoseTable(csv, degrees=degrees, check_units=False)) == 12
+
+
+# ------------------------------------------------------------ empty after the 99 filter
+def test_test_set_emptied_by_the_99_filter_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "AFLW2000"
+    write_3ddfa(root, "image00001", (0.1, math.radians(120), 0.0))
+    write_3ddfa(root, "image00002", (math.radians(-105), 0.2, 0.0))
+    with pytest.raises(
+        DatasetError,
+        match=r"aflw2000: .*AFLW2000: the 99-degree filter dropped all 2 item\(s\).*"
+        r"filter_99=False \(filter_99: false in a config\) keeps them",
+    ):
+        AFLW2000(root)
+    assert len(AFLW2000(root, filter_99=False)) == 2
+    path = _biwi_npz(tmp_path / "BIWI_test.npz", np.array([[120.0, 0.0, 0.0]] * 3))
+    with pytest.raises(DatasetError, match=r"biwi_npz: .*BIWI_test\.npz: .*dropped all 3"):
+        BIWINpz(path, filter_99=True)
+    assert len(BIWINpz(path)) == 3

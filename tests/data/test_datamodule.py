@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
+import pandas as pd
 import pytest
 import torch
+from lightning.pytorch import LightningModule, Trainer
 
 from hpelib.data import collate_samples
 from hpelib.data.datamodule import HPEDataModule, build_dataset_from_spec
+from tests.data.writers import table_dir
 from tests.toy import AxisGlyphDataset
 
 
@@ -87,3 +93,66 @@ def test_specs_from_jsonargparse_namespaces_and_nested_class_paths():
     }
     wrapped = build_dataset_from_spec(nested)
     assert isinstance(wrapped, SAVariant) and len(wrapped) == 3
+
+
+class _TinyModel(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 9)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch["image"].mean((2, 3))).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit(dm: HPEDataModule) -> Trainer:
+    trainer = Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(_TinyModel(), datamodule=dm)
+    return trainer
+
+
+def _glyphs(n: int) -> dict:
+    return {"class_path": "tests.toy.AxisGlyphDataset", "init_args": {"num_samples": n}}
+
+
+def test_training_set_smaller_than_one_batch_is_an_error_in_fit() -> None:
+    # Lightning alone prints "No training batches" and fit returns as if it had trained.
+    with pytest.raises(
+        ValueError,
+        match=r"training set tests\.toy\.AxisGlyphDataset gives 3 item\(s\) per epoch, fewer "
+        r"than batch_size=4: .*no training batch.*at most 3",
+    ):
+        _fit(HPEDataModule(train=_glyphs(3), batch_size=4))
+    assert _fit(HPEDataModule(train=_glyphs(4), batch_size=4)).global_step == 1
+
+
+def test_small_training_set_error_names_the_dataset_and_counts_per_rank(tmp_path) -> None:
+    root = table_dir(tmp_path)
+    csv = root / "labels.csv"
+    pd.DataFrame(
+        {"path": ["img/0.png", "img/1.png"], "pitch": [0.0, 1.0], "yaw": [0.0, 2.0], "roll": [0, 3]}
+    ).to_csv(csv, index=False)
+    dm = HPEDataModule(train={"name": "table", "table": str(csv)}, batch_size=3)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=rf"training set table at {re.escape(str(csv))} gives 2"):
+        dm.train_dataloader()
+    # Under DDP each rank gets ceil(n / world_size) items (DistributedSampler pads).
+    dm = HPEDataModule(train=_glyphs(7), batch_size=4)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=2)
+    assert len(dm.train_dataloader()) == 1
+    dm = HPEDataModule(train=_glyphs(6), batch_size=4)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(ValueError, match=r"3 item\(s\) per epoch per process over 2 processes"):
+        dm.train_dataloader()
+    # Weighted draws: samples_per_epoch is what an epoch holds.
+    dm = HPEDataModule(train=_glyphs(50), samples_per_epoch=2, batch_size=4)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"gives 2 item\(s\) per epoch, 50 in the dataset"):
+        dm.train_dataloader()

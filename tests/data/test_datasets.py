@@ -188,9 +188,9 @@ def test_300wlp_index_is_cached_and_invalidated(
 
 def test_300wlp_index_can_live_next_to_the_data(w300lp_root: Path, _user_cache: Path) -> None:
     Pose300WLP(w300lp_root, cache="data")
-    assert list((w300lp_root / ".hpelib_index").glob("300wlp-*.pkl"))
+    assert list((w300lp_root / ".hpelib_index").glob("300wlp-*.npz"))
     Pose300WLP(w300lp_root, cache=False)
-    assert not _user_cache.exists() or not list(_user_cache.glob("*.pkl"))
+    assert not _user_cache.exists() or not list(_user_cache.glob("*.npz"))
 
 
 def test_300wlp_train_crop_jitter_is_seeded(w300lp_root: Path) -> None:

@@ -6,6 +6,8 @@ Layout: ``<root>/imageNNNNN.jpg`` + ``imageNNNNN.mat`` (450 x 450 images). ``.ma
 
 The protocol drops every image with any ``|angle| > 99`` degrees
 (:func:`~hpelib.data.datasets.base.aflw2000_filter_mask`; 1969 of 2000 remain), on by default.
+A folder that the filter leaves empty is an error, as is a folder whose ``Pose_Para`` angles
+look like degrees (``check_units``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 
 from hpelib.data.datasets.base import (
     CropRule,
+    DatasetError,
     IndexedPoseDataset,
     OnInvalid,
     aflw2000_filter_mask,
@@ -27,7 +30,12 @@ from hpelib.data.datasets.base import (
 )
 from hpelib.data.datasets.index_cache import CacheSpec, cached_index
 from hpelib.data.datasets.registry import register_dataset
-from hpelib.data.datasets.w300lp import BoxSource, euler_index_to_rotation, read_3ddfa_mat
+from hpelib.data.datasets.w300lp import (
+    BoxSource,
+    check_3ddfa_units,
+    euler_index_to_rotation,
+    read_3ddfa_mat,
+)
 
 __all__ = ["AFLW2000"]
 
@@ -68,12 +76,17 @@ class AFLW2000(IndexedPoseDataset):
         box_source: ``"pt2d"`` (6DRepNet/HopeNet; invisible ``-1`` points ignored) or
             ``"pt3d_68"`` (OpNet/RankPose).
         filter_99: drop items with any ``|angle| > 99`` degrees (evaluation protocol); the
-            count is logged and kept in ``num_skipped``.
+            count is logged and kept in ``num_skipped``. When it drops every item,
+            :class:`~hpelib.data.datasets.base.DatasetError` (an evaluation on nothing).
         on_invalid: ``"error"`` or ``"skip"`` for unreadable labels, images without a label
             and labels without an image, NaN angles.
         shape_params: also load ``Shape_Para``.
         seed: seed of the train-time crop jitter.
         cache: label index cache location (:mod:`.index_cache`).
+        check_units: raise :class:`~hpelib.data.datasets.base.DatasetError` when most items
+            have an ``|angle| > pi`` (degrees where ``Pose_Para`` holds radians; rule in
+            :func:`~hpelib.data.datasets.base.angle_unit_mixup`). ``False`` skips it, for a
+            hand-picked set made mostly of AFLW2000's wild labels (beyond 180 degrees).
     """
 
     name = "aflw2000"
@@ -90,6 +103,7 @@ class AFLW2000(IndexedPoseDataset):
         shape_params: bool = False,
         seed: int = 0,
         cache: CacheSpec = "auto",
+        check_units: bool = True,
     ) -> None:
         root = Path(root)
         mats = sorted(root.glob("*.mat")) if root.is_dir() else []
@@ -100,6 +114,8 @@ class AFLW2000(IndexedPoseDataset):
             lambda: _build_aflw_index(root, mats, images, box_source, shape_params),
             {"box_source": box_source, "shape_params": shape_params}, cache,
         )  # fmt: skip
+        if check_units:
+            check_3ddfa_units(index, "aflw2000", root)
         # No range limit here: out-of-range labels are the 99-filter's business (protocol).
         index = euler_index_to_rotation(index, None)
         index = apply_invalid_policy(index, on_invalid, "aflw2000")
@@ -109,6 +125,12 @@ class AFLW2000(IndexedPoseDataset):
             keep = aflw2000_filter_mask(index.loc[:, ["pitch", "yaw", "roll"]].to_numpy(np.float64))
             filtered = int((~keep).sum())
             index = index[keep].reset_index(drop=True)
+            if len(index) == 0:
+                raise DatasetError(
+                    f"aflw2000: {root}: the 99-degree filter dropped all {filtered} item(s) "
+                    "(each has an |angle| > 99 degrees), nothing is left to evaluate; "
+                    "filter_99=False (filter_99: false in a config) keeps them"
+                )
             logger.info(
                 "aflw2000: 99-degree filter kept %d of %d", len(index), len(index) + filtered
             )

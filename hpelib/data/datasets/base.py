@@ -50,6 +50,7 @@ __all__ = [
     "IndexedPoseDataset",
     "OnInvalid",
     "aflw2000_filter_mask",
+    "angle_unit_mixup",
     "apply_invalid_policy",
     "crop_rule_6drepnet",
     "crop_rule_full",
@@ -182,6 +183,54 @@ def invalid_angle_reason(
                 break
         reasons.append(why)
     return reasons
+
+
+#: Units rule (:func:`angle_unit_mixup`): smallest number of items with finite angles it
+#: judges when radians are expected, and when degrees are expected.
+UNIT_CHECK_MIN_ITEMS: dict[str, int] = {"radians": 3, "degrees": 10}
+
+
+def angle_unit_mixup(angles: np.ndarray, expected: Literal["radians", "degrees"]) -> str:
+    """Whether a whole label set ``(N, 3)`` of angles, in the file's own unit, is clearly in
+    the other unit than ``expected``: ``""`` when plausible, else the figures behind the
+    verdict. The rule looks at the share of items, never at one label:
+
+    * ``s`` = share of the items with finite angles whose largest ``|angle|`` exceeds pi.
+    * radians expected: a mix-up when ``s > 0.5`` over at least 3 items. A radian label beyond
+      pi (180 degrees) is a rare wild label (AFLW2000 has a few, e.g. a roll of -17 rad):
+      0.6 % of the AFLW2000-dev items; the same labels in degrees give ``s`` = 99 %.
+    * degrees expected: a mix-up when ``s <= 0.05`` over at least 10 items and the largest
+      ``|angle|`` within pi exceeds 0.1 (the set is not all ~0, where both readings agree).
+      Degree labels of head poses are rarely all within 3.14 degrees (AFLW2000-dev: 1 % of
+      the items); radian labels nearly always are.
+
+    Legitimate sets can trip it: a hand-picked folder of mostly wild labels (radians
+    expected), a near-frontal set whose angles all stay within about 3 degrees (degrees
+    expected); the loaders' ``check_units=False`` skips the check.
+    """
+    a = np.asarray(angles, dtype=np.float64).reshape(-1, 3)
+    a = np.abs(a[np.all(np.isfinite(a), axis=1)])
+    n = len(a)
+    if n < UNIT_CHECK_MIN_ITEMS[expected]:
+        return ""
+    big = a.max(axis=1) > math.pi
+    share = float(big.mean())
+    if expected == "radians":
+        if share > 0.5:
+            return (
+                f"{int(big.sum())} of {n} items have an |angle| > pi (median of the items' "
+                f"largest |angle| {float(np.median(a.max(axis=1))):.3g}): they look like degrees"
+            )
+        return ""
+    if expected != "degrees":
+        raise ValueError(f"expected must be 'radians' or 'degrees', got {expected!r}")
+    inside = a[~big]
+    if share <= 0.05 and inside.size and float(inside.max()) > 0.1:
+        return (
+            f"{n - int(big.sum())} of {n} items have every |angle| <= pi (largest "
+            f"{float(inside.max()):.3g}): they look like radians"
+        )
+    return ""
 
 
 def apply_invalid_policy(

@@ -40,6 +40,7 @@ from hpelib.data.datasets.base import (
     IndexedPoseDataset,
     OnInvalid,
     aflw2000_filter_mask,
+    angle_unit_mixup,
     apply_invalid_policy,
     invalid_angle_reason,
     rotation_columns_from_matrices,
@@ -203,13 +204,19 @@ def _finish_rotation_index(
     return index
 
 
-def _apply_99(index: pd.DataFrame, filter_99: bool, name: str) -> pd.DataFrame:
+def _apply_99(index: pd.DataFrame, filter_99: bool, name: str, where: Path) -> pd.DataFrame:
     skipped = index.attrs.get("skipped", 0)
     filtered = 0
     if filter_99:
         keep = aflw2000_filter_mask(index.loc[:, ["pitch", "yaw", "roll"]].to_numpy(np.float64))
         filtered = int((~keep).sum())
         index = index[keep].reset_index(drop=True)
+        if len(index) == 0:
+            raise DatasetError(
+                f"{name}: {where}: the 99-degree filter dropped all {filtered} item(s) (each "
+                "has an |angle| > 99 degrees), nothing is left; filter_99=False "
+                "(filter_99: false in a config) keeps them"
+            )
         logger.info("%s: 99-degree filter dropped %d item(s)", name, filtered)
     index.attrs.update(skipped=skipped, filtered=filtered)
     return index
@@ -230,7 +237,8 @@ class BIWIRaw(IndexedPoseDataset):
         box_size_mm: side of the square metric crop around the projected head centre.
         crop_rule: ``"tight"`` (the metric box, default) or another rule applied to it.
         train: random crop variant of ``crop_rule`` (``"tight"`` has none).
-        filter_99: drop frames with any ``|angle| > 99`` degrees (300W-LP Euler).
+        filter_99: drop frames with any ``|angle| > 99`` degrees (300W-LP Euler); dropping
+            every frame is a :class:`~hpelib.data.datasets.base.DatasetError`.
         on_invalid: ``"error"`` or ``"skip"`` (bad pose/calibration file, missing image).
         angle_limit_deg: largest accepted ``|angle|``, ``None`` = no limit.
         seed: seed of the train-time crop jitter.
@@ -286,7 +294,7 @@ class BIWIRaw(IndexedPoseDataset):
         index = _finish_rotation_index(index, rot, angle_limit_deg)
         index["identity"] = index["subject"].astype(int)
         index = apply_invalid_policy(index, on_invalid, "biwi")
-        index = _apply_99(index, filter_99, "biwi")
+        index = _apply_99(index, filter_99, "biwi", root)
         super().__init__(index, root, image_size, crop_rule, train, seed)
         self.subjects = chosen
 
@@ -299,10 +307,16 @@ class BIWINpz(IndexedPoseDataset):
         path: the ``.npz`` file.
         image_size: side of the output (the stored faces are resized).
         crop_rule: ``"full"`` (the stored images are already face crops) or a callable.
-        filter_99: drop items with any ``|angle| > 99`` degrees.
+        filter_99: drop items with any ``|angle| > 99`` degrees; dropping every item is a
+            :class:`~hpelib.data.datasets.base.DatasetError`.
         on_invalid: ``"error"`` or ``"skip"`` for NaN/inf or out-of-range angles.
         angle_limit_deg: largest accepted ``|angle|``, ``None`` = no limit.
         train, seed: as in :class:`IndexedPoseDataset`.
+        check_units: raise :class:`~hpelib.data.datasets.base.DatasetError` when ``pose``
+            looks like radians (10 or more items, at least 95 % of them with every
+            ``|angle| <= pi``, not all ~0; rule in
+            :func:`~hpelib.data.datasets.base.angle_unit_mixup`). ``False`` skips it, for a
+            near-frontal set whose angles really all stay within about 3 degrees.
     """
 
     name = "biwi_npz"
@@ -317,6 +331,7 @@ class BIWINpz(IndexedPoseDataset):
         angle_limit_deg: float | None = 180.0,
         train: bool = False,
         seed: int = 0,
+        check_units: bool = True,
     ) -> None:
         self.npz_path = Path(path)
         try:
@@ -350,6 +365,13 @@ class BIWINpz(IndexedPoseDataset):
             )
         if len(pose) == 0:
             raise DatasetError(f"biwi_npz: {self.npz_path} holds no items")
+        problem = angle_unit_mixup(pose, "degrees") if check_units else ""
+        if problem:
+            raise DatasetError(
+                f"biwi_npz: {self.npz_path}: 'pose' (yaw, pitch, roll) must be degrees, but "
+                f"{problem}. Likely a unit mix-up: convert them to degrees, or pass "
+                "check_units=False if these angles are right."
+            )
         yaw, pitch, roll = np.radians(np.nan_to_num(pose)).T
         rot = rotation_from_euler_300wlp(*(torch.from_numpy(a) for a in (pitch, yaw, roll)))
         index = pd.DataFrame({
@@ -361,7 +383,7 @@ class BIWINpz(IndexedPoseDataset):
             index[col] = values
         index["yaw"], index["pitch"], index["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
         index = apply_invalid_policy(index, on_invalid, "biwi_npz", label_column="path")
-        index = _apply_99(index, filter_99, "biwi_npz")
+        index = _apply_99(index, filter_99, "biwi_npz", self.npz_path)
         super().__init__(index, self.npz_path.parent, image_size, crop_rule, train, seed)
         self._array_index = index["array_index"].to_numpy()
         self._images: np.ndarray | None = None

@@ -37,6 +37,7 @@ from hpelib.data.datasets.base import (
     DatasetError,
     IndexedPoseDataset,
     OnInvalid,
+    angle_unit_mixup,
     apply_invalid_policy,
     invalid_angle_reason,
     rotation_columns_from_matrices,
@@ -118,6 +119,13 @@ class PoseTable(IndexedPoseDataset):
         angle_limit_deg: largest accepted ``|angle|`` of angle columns, ``None`` = no limit.
         check_files: verify at construction that every image file exists.
         train, seed: as in :class:`IndexedPoseDataset`.
+        check_units: raise :class:`DatasetError` when the angle columns look like the other
+            unit than ``degrees`` says (rule in
+            :func:`~hpelib.data.datasets.base.angle_unit_mixup`): with ``degrees=True``, 10 or
+            more rows, at least 95 % of them with every ``|angle| <= pi``, not all ~0; with
+            ``degrees=False``, most rows (3 or more) with an ``|angle| > pi``. ``False`` skips
+            it: a near-frontal table whose degree angles all stay within about 3 degrees, or a
+            radian table made mostly of wild labels, is legitimate and would trip it.
     """
 
     name = "table"
@@ -135,6 +143,7 @@ class PoseTable(IndexedPoseDataset):
         check_files: bool = True,
         train: bool = False,
         seed: int = 0,
+        check_units: bool = True,
     ) -> None:
         table = Path(table)
         df = read_table(table)
@@ -163,6 +172,16 @@ class PoseTable(IndexedPoseDataset):
                     f"(euler_convention={euler_convention!r}); has {list(df.columns)[:12]}..."
                 )
             angles = df.loc[:, list(names)].to_numpy(np.float64, na_value=np.nan)
+            unit = "degrees" if degrees else "radians"
+            problem = angle_unit_mixup(angles, unit) if check_units else ""
+            if problem:
+                other = "radians" if degrees else "degrees"
+                raise DatasetError(
+                    f"table: {table}: angle columns {', '.join(names)} must be {unit} "
+                    f"(degrees={degrees}), but {problem}. Likely a unit mix-up: set "
+                    f"degrees={not degrees} (degrees: {str(not degrees).lower()} in a config) "
+                    f"if they are {other}, or pass check_units=False if they are right."
+                )
             deg = angles if degrees else np.degrees(angles)
             errors = invalid_angle_reason(deg, names, angle_limit_deg)
             rot = euler_to_rotation(

@@ -36,6 +36,7 @@ from hpelib.data.datasets.base import (
     DatasetError,
     IndexedPoseDataset,
     OnInvalid,
+    angle_unit_mixup,
     apply_invalid_policy,
     invalid_angle_reason,
     landmark_box,
@@ -46,7 +47,13 @@ from hpelib.data.datasets.index_cache import CacheSpec, cached_index
 from hpelib.data.datasets.registry import register_dataset
 from hpelib.rotation import rotation_from_euler_300wlp
 
-__all__ = ["W300LP_SUBSETS", "Pose300WLP", "read_3ddfa_mat", "euler_index_to_rotation"]
+__all__ = [
+    "W300LP_SUBSETS",
+    "Pose300WLP",
+    "check_3ddfa_units",
+    "euler_index_to_rotation",
+    "read_3ddfa_mat",
+]
 
 logger = logging.getLogger("hpelib.data")
 
@@ -140,6 +147,28 @@ def read_3ddfa_mat(
     if shape_params and "Shape_Para" in mat:
         rec["shape_params"] = np.asarray(mat["Shape_Para"], dtype=np.float32).reshape(-1)
     return rec
+
+
+def check_3ddfa_units(index: pd.DataFrame, dataset: str, root: Path) -> None:
+    """Raise :class:`DatasetError` when the ``Pose_Para`` angles of the whole folder look like
+    degrees (:func:`~hpelib.data.datasets.base.angle_unit_mixup`; the index holds them
+    converted to degrees, as read from radians)."""
+    if not all(n in index.columns for n in _ANGLES):
+        return
+    rad = np.radians(index.loc[:, list(_ANGLES)].to_numpy(dtype=np.float64, na_value=np.nan))
+    problem = angle_unit_mixup(rad, "radians")
+    if not problem:
+        return
+    big = np.nan_to_num(np.abs(rad), nan=0.0).max(axis=1) > math.pi
+    examples = [
+        f"{f} (pitch, yaw, roll = {', '.join(f'{v:.4g}' for v in row)})"
+        for f, row in zip(index["label_file"][big][:3], rad[big][:3], strict=False)
+    ]
+    raise DatasetError(
+        f"{dataset}: {root}: 'Pose_Para' angles must be radians, but {problem}, e.g. "
+        f"{'; '.join(examples)}. Likely a unit mix-up: convert the labels to radians, or pass "
+        "check_units=False if these angles are right."
+    )
 
 
 def euler_index_to_rotation(
@@ -269,6 +298,11 @@ class Pose300WLP(IndexedPoseDataset):
         angle_limit_deg: largest accepted ``|angle|`` (degrees), ``None`` = no limit.
         shape_params: also load ``Shape_Para`` (199 values) as ``shape_params``.
         cache: label index cache location (:mod:`.index_cache`).
+        check_units: raise :class:`~hpelib.data.datasets.base.DatasetError` when most items
+            have an ``|angle| > pi`` (degrees where ``Pose_Para`` holds radians; rule in
+            :func:`~hpelib.data.datasets.base.angle_unit_mixup`). ``False`` skips it, for a
+            hand-picked set made mostly of wild labels (beyond 180 degrees), which it would
+            take for degrees.
 
     Items carry ``identity`` (same original photo = same person) for pair samplers.
     """
@@ -289,6 +323,7 @@ class Pose300WLP(IndexedPoseDataset):
         angle_limit_deg: float | None = 180.0,
         shape_params: bool = False,
         cache: CacheSpec = "auto",
+        check_units: bool = True,
     ) -> None:
         root = Path(root)
         if isinstance(subsets, str):
@@ -318,6 +353,8 @@ class Pose300WLP(IndexedPoseDataset):
             lambda: _build_300wlp_index(root, images, mats, box_source, shape_params),
             options, cache,
         )  # fmt: skip
+        if check_units:  # before the range check: "yaw = 1718 degrees" would hide the cause
+            check_3ddfa_units(index, "300wlp", root)
         index = euler_index_to_rotation(index, angle_limit_deg)
         index = apply_invalid_policy(index, on_invalid, "300wlp")
         super().__init__(index, root, image_size, crop_rule, train, seed)

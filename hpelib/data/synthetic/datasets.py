@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from hpelib.checkpoint_io import (
+    CheckpointReadError,
+    UnsafeCheckpointError,
+    atomic_torch_save,
+    read_checkpoint,
+)
 from hpelib.data.datasets.registry import register_dataset
 from hpelib.data.synthetic.head import _mix64, sample_identity_params
 from hpelib.data.synthetic.render import (
@@ -31,6 +38,8 @@ from hpelib.data.synthetic.render import (
 )
 from hpelib.rotation.conventions import euler_clerf_from_rotation, rotation_from_euler_clerf
 from hpelib.rotation.transforms import ImageWarp
+
+logger = logging.getLogger("hpelib.data")
 
 __all__ = [
     "BLOCK",
@@ -175,8 +184,15 @@ class SyntheticHeads(Dataset):
         if cache == "disk":
             path = Path(cache_dir or _default_cache_dir()) / f"{self.cache_key()}.pt"
             if path.exists():
-                self._data = torch.load(path, map_location="cpu")
-                return
+                try:
+                    # No pickle beyond tensors: a cache folder shared or copied from elsewhere
+                    # cannot run code; an unreadable one is rendered again and replaced.
+                    self._data = read_checkpoint(
+                        path, what="SyntheticHeads cache", trust_checkpoint=False
+                    )
+                    return
+                except (CheckpointReadError, UnsafeCheckpointError) as err:
+                    logger.warning("ignoring unreadable SyntheticHeads cache: %s", err)
         old_threads = torch.get_num_threads()
         if num_threads is not None:
             torch.set_num_threads(num_threads)
@@ -184,11 +200,8 @@ class SyntheticHeads(Dataset):
             self._data = self._render_range(0, self.num_samples)
         finally:
             torch.set_num_threads(old_threads)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(self._data, tmp)
-            os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written file
+        if path is not None:  # atomic: concurrent ranks never read a half-written file
+            atomic_torch_save(self._data, path)
 
     # -- reproducible draws ------------------------------------------------------------
     def cache_key(self) -> str:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from hpelib.callbacks.stages import enable_unused_parameter_detection
+from hpelib.checkpoint_io import read_checkpoint
 from hpelib.data.sample import mask_key
 from hpelib.methods.base import HPEModule
 from hpelib.methods.clerf.loss import CLERFContrastiveLoss
@@ -221,13 +222,11 @@ class CLERF(_CLERFBase):
         self._stage_set = int(stage)
         self._apply_stage()
 
-    def load_encoder(self, path: str | Path) -> None:
+    def load_encoder(self, path: str | Path, trust_checkpoint: bool | None = None) -> None:
         """Load ``E``'s weights from a Lightning checkpoint of a CLERF/CLERFSupervised
-        module (keys ``model.encoder.*``) or from a plain encoder state dict."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"encoder_checkpoint {str(path)!r} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        module (keys ``model.encoder.*``) or from a plain encoder state dict. Read without
+        running code from the file (:func:`hpelib.checkpoint_io.read_checkpoint`)."""
+        state = read_checkpoint(path, what="encoder_checkpoint", trust_checkpoint=trust_checkpoint)
         state = state.get("state_dict", state)
         prefix = "model.encoder."
         if any(k.startswith(prefix) for k in state):
@@ -347,6 +346,7 @@ class CLERF(_CLERFBase):
                 trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the class path hpelib.load reads
         checkpoint["clerf_early_stopping"] = (self._best_geodesic, self._bad_epochs)
         checkpoint["clerf_stage"] = self._stage_set
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from hpelib.callbacks.stages import enable_unused_parameter_detection
+from hpelib.checkpoint_io import read_checkpoint
 from hpelib.data.sample import mask_key
 from hpelib.methods.base import HPEModule
 from hpelib.methods.lechpe.loss import (
@@ -201,14 +202,13 @@ class LECHPE(HPEModule):
         """Latent embeddings for k-means: ``(B, 3, H, W) -> (B, D)``."""
         return self.model.embedding(images)
 
-    def load_weights(self, path: str | Path) -> None:
-        """Load model weights from a Lightning checkpoint or a plain state-dict file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"init_weights {str(path)!r} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    def load_weights(self, path: str | Path, trust_checkpoint: bool | None = None) -> None:
+        """Load model weights from a Lightning checkpoint or a plain state-dict file, without
+        running code from it (:func:`hpelib.checkpoint_io.read_checkpoint`)."""
+        state = read_checkpoint(path, what="init_weights", trust_checkpoint=trust_checkpoint)
         state = state.get("state_dict", state)
         self.load_state_dict(state, strict=True)
+        self.weights_loaded = True
 
     # ----------------------------------------------------------------- forward / loss
     def forward(self, images: Tensor) -> dict[str, Tensor]:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hpelib.checkpoint_io import read_checkpoint
 from hpelib.nn import create_backbone
 from hpelib.rotation import rotation_from_quaternion
 
@@ -256,9 +257,9 @@ def load_keypoint_model(path: str | Path) -> tuple[Tensor, Tensor]:
     if path.suffix == ".npz":
         import numpy as np
 
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             return torch.from_numpy(data["mean"]).float(), torch.from_numpy(data["basis"]).float()
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = read_checkpoint(path, what="keypoint_model")
     return torch.as_tensor(data["mean"]).float(), torch.as_tensor(data["basis"]).float()
 
 
