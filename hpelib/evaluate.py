@@ -22,6 +22,7 @@ from hpelib.checkpoint_io import add_trust_checkpoint_argument
 from hpelib.data.datamodule import HPEDataModule
 from hpelib.data.sample import collate_samples, mask_key
 from hpelib.metrics import pose_errors
+from hpelib.metrics.pose import predicted_euler
 from hpelib.predict import load_module
 from hpelib.rotation import euler_names
 
@@ -65,7 +66,9 @@ def per_sample_errors(
     legacy_6drepnet: bool = False,
 ) -> pd.DataFrame:
     """Per-sample angle and geodesic errors (degrees) of ``module`` on ``dataset``, with the
-    datamodule's evaluation preprocessing."""
+    datamodule's evaluation preprocessing. A method that predicts Euler angles in
+    ``convention`` (``module.euler_output_convention``, e.g. LEC-HPE) is scored on those
+    angles, as in its test step (:func:`hpelib.metrics.pose_errors`)."""
     device = next(module.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
     frames = []
@@ -77,12 +80,16 @@ def per_sample_errors(
             continue
         outputs = module(batch["image"])
         angles = batch.get("target_angles_deg")
+        # As in HPEModule's test step: predicted Euler angles (LEC-HPE) are scored directly.
+        euler, euler_convention = predicted_euler(module, outputs)
         errors = pose_errors(
             outputs["rotation"][keep].float(),
             batch["rotation"][keep].float(),
             convention,
             legacy_6drepnet,
             None if angles is None else angles[keep],
+            None if euler is None else euler[keep].float(),
+            euler_convention,
         )
         frames.append(pd.DataFrame({k: v.cpu().numpy() for k, v in errors.items()}))
     if not frames:

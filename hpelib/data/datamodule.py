@@ -19,7 +19,7 @@ batched augmentation (train only, labels transformed with the images) and normal
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,13 +31,20 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     RandomSampler,
+    Subset,
     WeightedRandomSampler,
 )
 
 from hpelib.data.sample import collate_samples
 from hpelib.specs import instantiate_spec, plain_spec
 
-__all__ = ["HPEDataModule", "build_dataset_from_spec", "NORMALIZATIONS"]
+__all__ = [
+    "HPEDataModule",
+    "EpochDataLoader",
+    "build_dataset_from_spec",
+    "set_dataset_epoch",
+    "NORMALIZATIONS",
+]
 
 #: Named input normalisations: (mean, std) per channel applied to images in [0, 1].
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -141,6 +148,68 @@ class EpochWeightedSampler(_EpochSeeded, WeightedRandomSampler):
         yield from super().__iter__()
 
 
+def set_dataset_epoch(dataset: Any, epoch: int) -> int:
+    """Call ``set_epoch(epoch)`` on ``dataset`` and every dataset inside it (``ConcatDataset``
+    parts, ``Subset``/wrapper ``.dataset``) that has one; returns how many were set."""
+    count, seen, todo = 0, set(), [dataset]
+    while todo:
+        d = todo.pop()
+        if d is None or id(d) in seen:
+            continue
+        seen.add(id(d))
+        if callable(getattr(d, "set_epoch", None)):
+            d.set_epoch(int(epoch))
+            count += 1
+        if isinstance(d, ConcatDataset):
+            todo.extend(d.datasets)
+        inner = getattr(d, "dataset", None)
+        if isinstance(d, Subset) or isinstance(inner, Dataset):
+            todo.append(inner)
+    return count
+
+
+def _sampler_epoch(loader: DataLoader) -> int | None:
+    """The epoch that ``loader``'s sampler is about to draw: an ``EpochShuffleSampler``/
+    ``EpochWeightedSampler``'s next pass, or a ``DistributedSampler``'s ``epoch`` (Lightning's
+    sampler under DDP)."""
+    for s in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if isinstance(s, _EpochSeeded):
+            return int(s._pass)
+        if isinstance(getattr(s, "epoch", None), int):
+            return int(s.epoch)
+    return None
+
+
+class EpochDataLoader(DataLoader):
+    """A ``DataLoader`` that sets the pass's epoch on its dataset(s) when an iterator is made.
+
+    The epoch is ``epoch_source()`` (``HPEDataModule``: the trainer's epoch, the same on every
+    DDP rank and restored from a checkpoint on resume) or, when that gives
+    ``None`` (no trainer), the epoch of the sampler (:func:`_sampler_epoch`). It is set with
+    :func:`set_dataset_epoch` BEFORE the base iterator exists, hence before any index reaches
+    a worker; :class:`~hpelib.data.datasets.base.IndexedPoseDataset` keeps it in shared
+    memory, so persistent workers see it too. Lightning re-creates the loader under DDP with
+    the same class and arguments (only the sampler changes), so the mechanism survives.
+    """
+
+    def __init__(
+        self, *args: Any, epoch_source: Callable[[], int | None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch_source = epoch_source
+
+    def current_epoch(self) -> int | None:
+        """The epoch the next pass uses (see the class docstring)."""
+        epoch = self.epoch_source() if self.epoch_source is not None else None
+        return _sampler_epoch(self) if epoch is None else int(epoch)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        epoch = self.current_epoch()
+        if epoch is not None:
+            set_dataset_epoch(self.dataset, epoch)
+        return super().__iter__()
+
+
 class HPEDataModule(LightningDataModule):
     """Datasets by spec, batched on-device augmentation, normalisation, DDP-ready loaders.
 
@@ -160,6 +229,11 @@ class HPEDataModule(LightningDataModule):
         grayscale: convert images to one luminance channel repeated 3 times (OpNet).
         seed: seed of the training order (shuffle or weighted draws): epoch ``k`` uses
             ``seed + k``, so a resumed run repeats the uninterrupted run's order.
+
+    The train loader is an :class:`EpochDataLoader`: before each training pass it sets the
+    trainer's epoch on the training dataset(s) (``set_epoch``), so train-time crop jitter is
+    redrawn every epoch, reproducibly from the dataset's ``(seed, epoch)``, in DataLoader
+    workers too, on every DDP rank alike and after a resume.
     """
 
     def __init__(
@@ -249,7 +323,34 @@ class HPEDataModule(LightningDataModule):
         if stage in (None, "predict") and self.predict_dataset is None and self.predict_spec is not None:
             self.predict_dataset = build_dataset_from_spec(self.predict_spec)
 
+    def _trainer_epoch(self) -> int | None:
+        """The epoch the trainer is about to train, or ``None`` without a trainer.
+
+        That is the fit loop's ``epoch_progress.current.processed``, the value Lightning gives
+        the samplers' ``set_epoch``: right also when the first iterator of a resumed run is made
+        (before ``set_epoch``), where ``current_epoch`` still names the checkpoint's epoch.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        fit_loop = getattr(trainer, "fit_loop", None)
+        if fit_loop is not None:
+            return int(fit_loop.epoch_progress.current.processed)
+        return int(trainer.current_epoch)
+
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+        if shuffle:  # the train loader: per-epoch dataset state (crop jitter)
+            return EpochDataLoader(
+                dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                shuffle=sampler is None,
+                num_workers=self.num_workers,
+                collate_fn=collate_samples,
+                persistent_workers=self.num_workers > 0,
+                drop_last=True,
+                epoch_source=self._trainer_epoch,
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -355,6 +456,11 @@ class HPEDataModule(LightningDataModule):
             image = image.float() / 255.0
         batch["image"] = image
         if train and self.augmentation is not None:
+            if self.grayscale and image.shape[1] == 3:
+                # Grey before the augmentation too: its noise is then drawn on the grey image
+                # (RandomGaussianNoise shares it across equal channels) instead of per RGB
+                # channel and averaged by the conversion below (0.668 of its sigma).
+                batch["image"] = rgb_to_grayscale(image).expand(-1, 3, -1, -1).contiguous()
             batch = self.augmentation(batch)
             image = batch["image"]
         if self.grayscale and image.shape[1] == 3:

@@ -69,10 +69,25 @@ def dataset_identities(dataset: Dataset) -> Tensor:
     attribute of that length, the parts of a ``ConcatDataset`` or a ``Subset``; otherwise every item is read once
     and its ``"identity"`` key used (slow for rendered or decoded datasets: give
     ``identities=`` to :class:`IdentityPairs` or an ``identities`` attribute instead).
+    The file-based loaders (:class:`~hpelib.data.datasets.base.IndexedPoseDataset`) answer
+    ``identity_of`` from their label index, without decoding an image.
+
+    Identities are per dataset: the parts of a ``ConcatDataset`` are offset (part ``k``'s
+    ids are shifted by the previous parts' largest id + 1; ``-1`` stays unknown), so two
+    parts that both number their people from 0 never pair different people.
     """
     n = len(dataset)  # type: ignore[arg-type]
     if isinstance(dataset, ConcatDataset):
-        return torch.cat([dataset_identities(d) for d in dataset.datasets]) if n else torch.zeros(0, dtype=torch.int64)
+        # Each part numbers its people from 0: shift every part past the previous parts'
+        # largest id so that equal raw ids of different parts stay different people.
+        parts, offset = [], 0
+        for d in dataset.datasets:
+            ids = dataset_identities(d)
+            known = ids >= 0
+            parts.append(torch.where(known, ids + offset, ids))
+            if bool(known.any()):
+                offset = int(ids[known].max()) + offset + 1
+        return torch.cat(parts) if n else torch.zeros(0, dtype=torch.int64)
     if isinstance(dataset, Subset):
         parent = dataset_identities(dataset.dataset)
         return parent[torch.as_tensor(list(dataset.indices), dtype=torch.int64)]

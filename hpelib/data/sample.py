@@ -14,9 +14,11 @@ key                    shape / dtype        meaning
 ``landmarks_3d``       (68, 3) float32      3D landmarks in camera axes (x right, y down,
                                             z into the scene) in crop pixels, x/y on the
                                             image (AFLW2000's ``pt3d_68`` role), z relative
-                                            to the head centre
+                                            to the head centre (depth 0 = the point that
+                                            ``head_center`` projects), in every loader
 ``head_center``        (2,) float32         projected head centre in crop pixels
-``head_size``          () float32           head size in crop pixels
+``head_size``          () float32           full head size (2 x the head radius) in crop
+                                            pixels
 ``head_box``           (4,) float32         head silhouette box (x0, y0, x1, y1), crop pixels
 ``shape_params``       (P,) float32         parameters of a deformable face model
 ``identity``           () int64             person id, ``-1`` when unknown

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from hpelib.data.sample import mask_key
 from hpelib.metrics import PoseMetrics
+from hpelib.metrics.pose import predicted_euler
 from hpelib.plugins import AtomicCheckpointIO
 from hpelib.rotation import euler_names, rotation_to_euler
 
@@ -87,6 +88,11 @@ class HPEModule(LightningModule):
             and cuDNN then run the convolutions in NHWC: 1.2-1.6x training images/s measured
             for regnetx_002 at 64 px on 2 CPU cores. Same results up to float rounding.
     """
+
+    #: Euler convention of ``forward``'s ``"euler_deg"`` output for a method that predicts
+    #: Euler angles directly (LEC-HPE: ``"300wlp"``); its per-angle metrics then use those
+    #: angles when the metric's convention is the same. None: the method predicts a rotation.
+    euler_output_convention: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -166,10 +172,15 @@ class HPEModule(LightningModule):
         mask = _rotation_mask(batch)
         if mask.any():
             angles = batch.get("target_angles_deg")
+            # A method predicting Euler angles is scored on them (used when in the metric's
+            # convention; see hpelib.metrics.pose_errors); the geodesic on the rotation.
+            euler, euler_convention = predicted_euler(self, outputs)
             metric.update(
                 outputs["rotation"][mask],
                 batch["rotation"][mask],
                 None if angles is None else angles[mask],
+                None if euler is None else euler[mask],
+                euler_convention,
             )
             loss, _ = self.compute_loss(outputs, batch)
             # Synced like the metrics, so every rank logs (and may monitor) the same value.

@@ -94,7 +94,9 @@ def test_identities_from_attribute_concat_subset_and_errors():
     toy = AxisGlyphDataset(16, 8, seed=0, identities=3)
     assert torch.equal(dataset_identities(toy), toy.identity)
     cat = ConcatDataset([toy, LabelOnly([7, 7])])
-    assert dataset_identities(cat).tolist() == toy.identity.tolist() + [7, 7]
+    # The second part's ids are shifted past the first part's largest id.
+    shift = int(toy.identity.max()) + 1
+    assert dataset_identities(cat).tolist() == toy.identity.tolist() + [7 + shift, 7 + shift]
     sub = Subset(toy, [3, 1])
     assert dataset_identities(sub).tolist() == [int(toy.identity[3]), int(toy.identity[1])]
     with pytest.raises(ValueError, match="no identity with at least 2"):
@@ -220,3 +222,86 @@ def test_identities_from_identity_of_method():
 
     ds = WithIdentityOf([-1] * 6)  # the items say "unknown": the method must win, without a scan
     assert dataset_identities(ds).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+# ----------------------------------------------------------------- concatenated datasets
+def test_concat_parts_never_share_an_identity():
+    """Two parts that both number their people from 0 are different people: ids are offset
+    per part (by the previous parts' largest id + 1) and unknown stays unknown."""
+    a, b, c = LabelOnly([0, 0, 1, 1, -1]), LabelOnly([0, 0, 1, 1, 2, 2]), LabelOnly([-1, -1])
+    d = LabelOnly([0, 0])
+    cat = ConcatDataset([a, b, c, d])
+    ids = dataset_identities(cat)
+    assert ids.tolist() == [0, 0, 1, 1, -1, 2, 2, 3, 3, 4, 4, -1, -1, 5, 5]
+    part = torch.tensor([0] * 5 + [1] * 6 + [2] * 2 + [3] * 2)
+    pairs = IdentityPairs(cat, seed=1)
+    assert len(pairs) == 12
+    for epoch in range(3):
+        for i in range(len(pairs)):
+            x, y = pairs.pair(i, epoch)
+            assert part[x] == part[y] and ids[x] == ids[y] >= 0
+    # A Subset of the concatenation keeps the offsets.
+    sub = Subset(cat, [0, 5, 13])
+    assert dataset_identities(sub).tolist() == [0, 2, 5]
+
+
+def test_concat_of_two_synthetic_sets_pairs_one_person():
+    """The reported case: two SyntheticHeads sets (ids from 0 each) concatenated."""
+    from hpelib.data.synthetic import SyntheticHeads
+
+    parts = [
+        SyntheticHeads(num_samples=64, image_size=16, seed=s, num_identities=8, images_per_identity=4, cache="none")
+        for s in (0, 1)
+    ]
+    cat = ConcatDataset(parts)
+    pairs = IdentityPairs(cat, seed=0)
+    crossing = sum((a < 64) != (p < 64) for a, p in (pairs.pair(i) for i in range(len(pairs))))
+    assert len(pairs) == 128 and crossing == 0
+
+
+# ------------------------------------------------------- identities from the label index
+def _count_image_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import PIL.Image
+
+    opened: list[str] = []
+    real_open = PIL.Image.open
+
+    def counting_open(fp, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    return opened
+
+
+def test_identities_of_file_datasets_decode_no_image(tmp_path, monkeypatch):
+    """300W-LP/AFLW2000 identities come from the label index: building IdentityPairs opens
+    no image (it used to decode every item, 122k images on 300W-LP, on every DDP rank)."""
+    from hpelib.data.datasets import AFLW2000, Pose300WLP
+    from tests.data.writers import write_3ddfa
+
+    root = tmp_path / "300W_LP"
+    for person in ("AFW_111", "AFW_222", "AFW_333"):
+        for k in range(3):
+            write_3ddfa(root / "AFW", f"{person}_{k}", (0.1 * k, -0.2, 0.05))
+    ds = Pose300WLP(root, subsets=["AFW"], flipped=False, image_size=16, cache=None)
+    aflw_root = tmp_path / "AFLW2000"
+    for i in range(4):
+        write_3ddfa(aflw_root, f"image{i:05d}", (0.1, 0.2, -0.1))
+    aflw = AFLW2000(aflw_root, image_size=16, cache=None)
+
+    opened = _count_image_opens(monkeypatch)
+    pairs = IdentityPairs(ds, seed=0)
+    aflw_ids = dataset_identities(aflw)
+    cat_ids = dataset_identities(ConcatDataset([aflw, ds]))
+    assert opened == []
+    persons = [p.rsplit("_", 1)[0] for p in ds.index["label_file"]]
+    assert len(pairs) == 9
+    for i in range(len(pairs)):
+        a, p = pairs.pair(i)
+        assert a != p and persons[a] == persons[p]
+    assert aflw_ids.tolist() == [-1] * 4  # AFLW2000 has no identities, and says so
+    assert cat_ids.tolist() == [-1] * 4 + pairs.identities.tolist()
+    # The counter does see the loaders' image reads.
+    _ = ds[0]
+    assert len(opened) == 1

@@ -591,3 +591,75 @@ def test_full_range_rotates_every_sample_without_black_corners():
     assert not mirrored.any() and (moved > 1e-4).all()
     # ...and reflection padding leaves no black corners whose shape would leak the angle.
     assert torch.allclose(out["image"], torch.ones_like(out["image"]), atol=1e-5)
+
+
+# ------------------------------------------------------------------ noise on grey images
+OPNET_NOISE_LEVELS = (4.0, 16.0, math.hypot(4.0, 16.0))  # of 255: either, or both
+
+
+def _noise_levels_of_grey_images(out: torch.Tensor, clean_grey: torch.Tensor) -> list[float]:
+    """Per image: std (of 255) of the noise in the grey value; images left clean omitted."""
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+    noise = (out[:, 0] - clean_grey[:, 0]).flatten(1).double()
+    std = noise.std(dim=1) * 255
+    return [float(s) for s in std if s > 0.5]
+
+
+def _assert_opnet_sigmas(levels: list[float]) -> None:
+    # 64 x 64 pixels per image: the std is estimated within about 1 % (4 % allowed).
+    assert levels, "no image got noise"
+    for s in levels:
+        nearest = min(OPNET_NOISE_LEVELS, key=lambda ref: abs(ref - s))
+        assert abs(s / nearest - 1) < 0.04, (s, levels)
+    assert any(s < 8 for s in levels) and any(s > 12 for s in levels), levels
+
+
+def _flat_colour_batch(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    from kornia.color import rgb_to_grayscale
+
+    colour = torch.tensor([0.62, 0.41, 0.33]).view(1, 3, 1, 1)
+    image = colour.expand(n, 3, 64, 64).contiguous()
+    return image, rgb_to_grayscale(image)
+
+
+def test_opnet_noise_sigma_holds_in_the_grey_image():
+    """OpNet's noise (sigma 4 and 16 of 255) must have these sigmas in the grey image the
+    model sees: grey first, then noise (not RGB noise averaged to 0.668 sigma by the luma)."""
+    from hpelib.data.datamodule import HPEDataModule
+
+    image, clean_grey = _flat_colour_batch()
+    torch.manual_seed(0)
+    aug = opnet_photometric(grayscale=True, op_probability=0.0, generator=torch.Generator().manual_seed(2))
+    _assert_opnet_sigmas(_noise_levels_of_grey_images(aug({"image": image})["image"], clean_grey))
+    # The datamodule's `grayscale: true` with the RGB preset (`augmentation: opnet`'s
+    # photometric part): converted before the augmentation, so the same sigmas.
+    dm = HPEDataModule(
+        augmentation=opnet_photometric(op_probability=0.0, generator=torch.Generator().manual_seed(2)),
+        normalize="none",
+        grayscale=True,
+    )
+    torch.manual_seed(0)
+    out = dm.prepare_images({"image": (image * 255).round().to(torch.uint8)}, train=True)["image"]
+    quantised = (image * 255).round() / 255
+    from kornia.color import rgb_to_grayscale
+
+    _assert_opnet_sigmas(_noise_levels_of_grey_images(out, rgb_to_grayscale(quantised)))
+
+
+def test_gaussian_noise_shared_on_grey_independent_on_colour():
+    from hpelib.data.transforms.photometric import RandomGaussianNoise
+
+    torch.manual_seed(0)
+    grey = torch.full((4, 3, 64, 64), 0.5)
+    colour = torch.rand(4, 3, 64, 64) * 0.5 + 0.25
+    noise = RandomGaussianNoise(std=0.05, p=1.0)
+    g = noise({"image": grey})["image"]
+    assert torch.equal(g[:, 0], g[:, 1]) and torch.equal(g[:, 0], g[:, 2])
+    assert abs(float((g - grey).std()) / 0.05 - 1) < 0.03
+    c = noise({"image": colour})["image"] - colour
+    assert float(torch.corrcoef(c[:, :2].transpose(0, 1).reshape(2, -1))[0, 1]).__abs__() < 0.05
+    assert abs(float(c.std()) / 0.05 - 1) < 0.03
+    one = noise({"image": torch.full((2, 1, 32, 32), 0.5)})["image"]
+    assert one.shape == (2, 1, 32, 32) and abs(float(one.std()) / 0.05 - 1) < 0.05
+    with pytest.raises(ValueError, match="std"):
+        RandomGaussianNoise(std=-1.0)

@@ -299,3 +299,66 @@ def test_init_weights_for_a_separate_stage2_run(tmp_path, module):
     torch.testing.assert_close(second.model.angle_heads[0].weight, module.model.angle_heads[0].weight)
     with pytest.raises(FileNotFoundError, match="init_weights"):
         LECHPE(backbone="test_resnet", num_clusters=3, init_weights=str(tmp_path / "missing.ckpt"))
+
+
+# ----------------------------------------------------------------------------- metrics
+def _logits_for(angles_deg: list[list[float]]) -> torch.Tensor:
+    """``(B, 3, 66)`` logits whose centred expectation is each angle: two adjacent bins."""
+    centres = torch.arange(66) * 3.0 - 97.5
+    logits = torch.full((len(angles_deg), 3, 66), -1e4)
+    for b, sample in enumerate(angles_deg):
+        for a, value in enumerate(sample):
+            k = int(torch.searchsorted(centres, torch.tensor(value), right=True)) - 1
+            w = (centres[k + 1] - value) / 3.0  # weight of bin k
+            logits[b, a, k], logits[b, a, k + 1] = math.log(w), math.log(1 - w)
+    return logits
+
+
+class _Labelled(torch.utils.data.Dataset):
+    def __init__(self, labels_deg: list[list[float]]) -> None:
+        self.rotations = hr.euler_to_rotation(torch.tensor(labels_deg), "300wlp", degrees=True)
+
+    def __len__(self) -> int:
+        return len(self.rotations)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": torch.zeros(3, 32, 32, dtype=torch.uint8), "rotation": self.rotations[i]}
+
+
+def test_mae_scores_predicted_angles_beyond_90_yaw(tmp_path):
+    """Yaw 92 predicted for a label of 88 is a 4 degree yaw error (MAE 4/3), not the 120 of
+    decomposing the predicted rotation (which folds yaw to 88, pitch and roll to 180)."""
+    from hpelib.evaluate import per_sample_errors
+
+    predicted = [[0.0, 92.0, 0.0], [0.0, 88.0, 0.0]]
+    labels = [[0.0, 88.0, 0.0], [0.0, 92.0, 0.0]]
+    module = LECHPE(backbone="test_resnet", num_clusters=3)
+    logits = _logits_for(predicted)
+    module.model.forward = lambda images: {
+        "embedding": torch.zeros(images.shape[0], 8),
+        "logits": logits[: images.shape[0]],
+        "q": torch.full((images.shape[0], 3), 1 / 3),
+    }
+    out = module(torch.zeros(2, 3, 32, 32))
+    torch.testing.assert_close(out["euler_deg"], torch.tensor(predicted), atol=1e-3, rtol=0)
+    dm = HPEDataModule(test={"profile": _Labelled(labels)}, batch_size=2, normalize="none")
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    results = trainer.test(module, dm, verbose=False)[0]
+    assert results["test/profile/yaw_mae"] == pytest.approx(4.0, abs=1e-3)
+    assert results["test/profile/pitch_mae"] == pytest.approx(0.0, abs=1e-3)
+    assert results["test/profile/mae"] == pytest.approx(4.0 / 3, abs=1e-3)
+    assert results["test/profile/geodesic"] == pytest.approx(4.0, abs=1e-2)
+    # hpelib evaluate's per-sample errors agree.
+    dm.setup("test")
+    errors = per_sample_errors(module, dm.test_datasets[0], dm, batch_size=2)
+    np.testing.assert_allclose(errors["mae"].to_numpy(), [4.0 / 3, 4.0 / 3], atol=1e-3)
+    np.testing.assert_allclose(errors["geodesic"].to_numpy(), [4.0, 4.0], atol=1e-2)
+    # In another metric convention the angles are not LEC-HPE's: the rotation is decomposed.
+    clerf = LECHPE(backbone="test_resnet", num_clusters=3, euler_convention="clerf")
+    clerf.model.forward = module.model.forward
+    results = trainer.test(clerf, dm, verbose=False)[0]
+    assert {"test/profile/yaw_mae", "test/profile/mae"} <= set(results)
+    assert results["test/profile/geodesic"] == pytest.approx(4.0, abs=1e-2)

@@ -77,3 +77,56 @@ def test_metric_reset_and_accumulation_over_batches():
     metric.reset()
     metric.update(rot_deg(0, 1, 0), rot_deg(0, 0, 0))
     assert float(metric.compute()["yaw_mae"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_predicted_euler_angles_are_scored_directly_beyond_90_yaw():
+    # LEC-HPE predicts yaw 92 for a label of 88: a 4 degree yaw error. Decomposing the
+    # predicted rotation folds yaw to 88 with pitch and roll turned by 180: MAE 120.
+    angles = torch.tensor([[0.0, 92.0, 0.0]], dtype=torch.float64)
+    pred, target = hr.euler_to_rotation(angles, "300wlp", degrees=True), rot_deg(0, 88, 0)
+    folded = pose_errors(pred, target)
+    assert float(folded["mae"]) == pytest.approx(120.0, abs=1e-3)
+    for convention in ("300wlp", "aflw2000"):  # an alias is the same convention
+        err = pose_errors(pred, target, convention, pred_angles_deg=angles, pred_convention="300wlp")
+        assert float(err["yaw"]) == pytest.approx(4.0, abs=1e-4)
+        assert float(err["pitch"]) == pytest.approx(0.0, abs=1e-4)
+        assert float(err["mae"]) == pytest.approx(4.0 / 3, abs=1e-4)
+        assert float(err["geodesic"]) == pytest.approx(4.0, abs=1e-3)  # still on the rotation
+    metric = PoseMetrics()
+    metric.update(pred, target, pred_angles_deg=angles, pred_convention="300wlp")
+    out = metric.compute()
+    assert float(out["mae"]) == pytest.approx(4.0 / 3, abs=1e-4)
+    assert float(out["yaw_mae"]) == pytest.approx(4.0, abs=1e-4)
+    assert float(out["geodesic"]) == pytest.approx(4.0, abs=1e-3)
+    with pytest.raises(ValueError, match="pred_convention"):
+        pose_errors(pred, target, pred_angles_deg=angles)
+
+
+def test_predicted_euler_angles_in_another_convention_are_not_used():
+    angles = torch.tensor([[0.0, 92.0, 0.0]], dtype=torch.float64)
+    pred, target = hr.euler_to_rotation(angles, "300wlp", degrees=True), rot_deg(5, 80, 10)
+    wrong = torch.tensor([[50.0, -50.0, 50.0]], dtype=torch.float64)  # would be scored if used
+    for metric_convention, pred_convention in (("clerf", "300wlp"), ("300wlp", "clerf")):
+        expected = pose_errors(pred, target, metric_convention)
+        got = pose_errors(pred, target, metric_convention, pred_angles_deg=wrong, pred_convention=pred_convention)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key])
+
+
+def test_label_beyond_90_yaw_is_matched_to_the_prediction():
+    angles = torch.tensor([[3.0, 88.0, -2.0], [0.0, -95.0, 20.0], [10.0, 20.0, 30.0]], dtype=torch.float64)
+    labels = torch.tensor([[3.0, 92.0, -2.0], [0.0, -97.0, 20.0], [10.0, 25.0, 30.0]], dtype=torch.float64)
+    pred = hr.euler_to_rotation(angles, "300wlp", degrees=True)
+    target = hr.euler_to_rotation(labels, "300wlp", degrees=True)
+    expected = torch.tensor([4.0, 2.0, 5.0], dtype=torch.float64) / 3
+    # Label rotations only: each label's Euler triple nearest the prediction.
+    err = pose_errors(pred, target, pred_angles_deg=angles, pred_convention="300wlp")
+    torch.testing.assert_close(err["mae"], expected, atol=1e-4, rtol=0)
+    # The dataset's raw label angles, when given, are used as they are.
+    raw = pose_errors(pred, target, target_angles_deg=labels, pred_angles_deg=angles, pred_convention="300wlp")
+    torch.testing.assert_close(raw["mae"], expected, atol=1e-4, rtol=0)
+    metric = PoseMetrics(range_angle="yaw", range_edges=(0, 30, 90, 180))
+    metric.update(pred, target, pred_angles_deg=angles, pred_convention="300wlp")
+    out = metric.compute()
+    assert float(out["count@yaw[90,180)"]) == 2 and float(out["count@yaw[0,30)"]) == 1
+    assert float(out["mae@yaw[90,180)"]) == pytest.approx(1.0, abs=1e-4)

@@ -31,6 +31,8 @@ from hpelib.data.datasets.base import (
 from hpelib.data.datasets.index_cache import CacheSpec, cached_index
 from hpelib.data.datasets.registry import register_dataset
 from hpelib.data.datasets.w300lp import (
+    BOX_VERSION,
+    LANDMARK_DEPTH_ORIGIN,
     BoxSource,
     check_3ddfa_units,
     euler_index_to_rotation,
@@ -71,9 +73,15 @@ class AFLW2000(IndexedPoseDataset):
     Args:
         root: folder with ``image*.jpg`` + ``image*.mat``.
         image_size: side of the output crop.
-        train: random (seeded) crop margins (AFLW2000 is an evaluation set: default False).
-        crop_rule: ``"6drepnet"`` (default), ``"tight"`` or a callable.
-        box_source: ``"pt2d"`` (6DRepNet/HopeNet; invisible ``-1`` points ignored) or
+        train: random (seeded) train-time crop of ``crop_rule`` (AFLW2000 is an evaluation
+            set: default False).
+        crop_rule: ``"6drepnet"`` (default: the reference AFLW2000 test crop, ``k = 0.2`` with
+            margins ``2k, 2k, 2k, 0.6k``; at train time randomly scaled and shifted around
+            it), ``"6drepnet_train"`` (train time: the reference 300W-LP training margins),
+            ``"tight"`` or a callable.
+        box_source: ``"pt2d"`` (6DRepNet/HopeNet: min/max of all 21 points, invisible ``-1``
+            ones included, exactly as the reference), ``"pt2d_visible"`` (visible points
+            only: a box around the face, not stretched towards the image corner) or
             ``"pt3d_68"`` (OpNet/RankPose).
         filter_99: drop items with any ``|angle| > 99`` degrees (evaluation protocol); the
             count is logged and kept in ``num_skipped``. When it drops every item,
@@ -112,7 +120,9 @@ class AFLW2000(IndexedPoseDataset):
         index = cached_index(
             "aflw2000", root, mats + images,
             lambda: _build_aflw_index(root, mats, images, box_source, shape_params),
-            {"box_source": box_source, "shape_params": shape_params}, cache,
+            {"box_source": box_source, "box_version": BOX_VERSION, "shape_params": shape_params,
+             "depth": LANDMARK_DEPTH_ORIGIN},
+            cache,
         )  # fmt: skip
         if check_units:
             check_3ddfa_units(index, "aflw2000", root)

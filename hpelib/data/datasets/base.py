@@ -53,8 +53,11 @@ __all__ = [
     "angle_unit_mixup",
     "apply_invalid_policy",
     "crop_rule_6drepnet",
+    "crop_rule_6drepnet_jitter",
     "crop_rule_full",
     "crop_rule_tight",
+    "crop_rule_tight_jitter",
+    "jitter_crop_box",
     "decode_image",
     "get_crop_rule",
     "invalid_angle_reason",
@@ -86,15 +89,42 @@ class DatasetError(ValueError):
 
 
 # ----------------------------------------------------------------------------- crop rules
+#: Train-time jitter of the ``*_jitter`` rules around their test box: the box is scaled about
+#: its centre by ``s ~ U(*CROP_JITTER_SCALE)`` (width and height alike) and its centre moved
+#: by ``U(-CROP_JITTER_SHIFT, CROP_JITTER_SHIFT)`` times the box width (x) and height (y).
+CROP_JITTER_SCALE: tuple[float, float] = (0.9, 1.1)
+CROP_JITTER_SHIFT: float = 0.05
+
+
+def jitter_crop_box(
+    crop: np.ndarray,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = CROP_JITTER_SCALE,
+    shift: float = CROP_JITTER_SHIFT,
+) -> np.ndarray:
+    """Random scale and shift of a crop box ``(4,)`` about its centre (see
+    :data:`CROP_JITTER_SCALE`); the mean framing is the input box."""
+    x0, y0, x1, y1 = (float(v) for v in crop)
+    w, h = x1 - x0, y1 - y0
+    s = float(rng.uniform(scale[0], scale[1]))
+    dx, dy = (float(v) for v in rng.uniform(-shift, shift, size=2))
+    cx, cy = 0.5 * (x0 + x1) + dx * w, 0.5 * (y0 + y1) + dy * h
+    return np.array([cx - 0.5 * s * w, cy - 0.5 * s * h, cx + 0.5 * s * w, cy + 0.5 * s * h])
+
+
 def crop_rule_6drepnet(
     box: np.ndarray, image_wh: tuple[int, int], rng: np.random.Generator | None
 ) -> np.ndarray:
-    """6DRepNet/HopeNet crop from the landmark box, exactly as the reference code.
+    """6DRepNet/HopeNet crop from the landmark box, exactly as the reference code
+    (``datasets.py`` of 6DRepNet; names ``"6drepnet_train"``, ``"hopenet_train"``).
 
-    Train (``rng`` given): ``k ~ U(0.2, 0.4)``, margins ``(0.6k, 2k, 0.6k, 0.6k)`` on
-    (x_min, y_min, x_max, y_max); test (``rng is None``): ``k = 0.2``, margins
-    ``(2k, 2k, 2k, 0.6k)``. As in the reference, the updates are SEQUENTIAL (``x_max`` grows by
-    the width measured after ``x_min`` moved) and PIL crops at ``int()`` of the result.
+    Train (``rng`` given; the reference's ``Pose_300W_LP``): ``k ~ U(0.2, 0.4)``, margins
+    ``(0.6k, 2k, 0.6k, 0.6k)`` on (x_min, y_min, x_max, y_max); test (``rng is None``; the
+    reference's ``AFLW2000``): ``k = 0.2``, margins ``(2k, 2k, 2k, 0.6k)``. As in the
+    reference, the updates are SEQUENTIAL (``x_max`` grows by the width measured after
+    ``x_min`` moved) and PIL crops at ``int()`` of the result. The train variant frames the
+    face tighter at the sides than the test variant: it is the 300W-LP -> AFLW2000 protocol's
+    training rule, not a jitter around the test crop (that is :func:`crop_rule_6drepnet_jitter`).
     """
     x_min, y_min, x_max, y_max = (float(v) for v in box)
     if rng is None:
@@ -108,6 +138,19 @@ def crop_rule_6drepnet(
     return np.array([x_min, y_min, x_max, y_max], dtype=np.float64)
 
 
+def crop_rule_6drepnet_jitter(
+    box: np.ndarray, image_wh: tuple[int, int], rng: np.random.Generator | None
+) -> np.ndarray:
+    """6DRepNet/HopeNet TEST crop (names ``"6drepnet"``, ``"hopenet"``), jittered at train time.
+
+    Test (``rng is None``): exactly :func:`crop_rule_6drepnet`'s test crop (the reference's
+    AFLW2000 crop). Train: that same box, randomly scaled and shifted by
+    :func:`jitter_crop_box`, so training sees the framing of the test crop on average.
+    """
+    crop = crop_rule_6drepnet(box, image_wh, None)
+    return crop if rng is None else jitter_crop_box(crop, rng)
+
+
 def crop_rule_tight(
     box: np.ndarray, image_wh: tuple[int, int], rng: np.random.Generator | None
 ) -> np.ndarray:
@@ -115,6 +158,17 @@ def crop_rule_tight(
     if not np.all(np.isfinite(box)):
         return crop_rule_full(box, image_wh, rng)
     return np.asarray(box, dtype=np.float64)
+
+
+def crop_rule_tight_jitter(
+    box: np.ndarray, image_wh: tuple[int, int], rng: np.random.Generator | None
+) -> np.ndarray:
+    """:func:`crop_rule_tight` at test time; at train time jittered by :func:`jitter_crop_box`
+    (no box: the whole image, never jittered)."""
+    crop = crop_rule_tight(box, image_wh, None)
+    if rng is None or not np.all(np.isfinite(box)):
+        return crop
+    return jitter_crop_box(crop, rng)
 
 
 def crop_rule_full(
@@ -125,10 +179,15 @@ def crop_rule_full(
 
 
 #: Named crop rules; datasets accept a name or any callable with the :data:`CropRule` signature.
+#: ``"6drepnet"``: the reference test crop, jittered around it at train time;
+#: ``"6drepnet_train"``: the reference pair (300W-LP training margins / AFLW2000 test margins).
 CROP_RULES: dict[str, CropRule] = {
-    "6drepnet": crop_rule_6drepnet,
-    "hopenet": crop_rule_6drepnet,
+    "6drepnet": crop_rule_6drepnet_jitter,
+    "hopenet": crop_rule_6drepnet_jitter,
+    "6drepnet_train": crop_rule_6drepnet,
+    "hopenet_train": crop_rule_6drepnet,
     "tight": crop_rule_tight,
+    "tight_jitter": crop_rule_tight_jitter,
     "full": crop_rule_full,
 }
 
@@ -143,14 +202,22 @@ def get_crop_rule(rule: str | CropRule) -> CropRule:
         raise ValueError(f"unknown crop rule {rule!r}; known: {sorted(CROP_RULES)}") from None
 
 
-def landmark_box(points: np.ndarray) -> np.ndarray:
-    """Box ``(4,)`` (x0, y0, x1, y1) of ``(N, 2)`` points, ignoring missing ones.
+def landmark_box(points: np.ndarray, skip_missing: bool = True) -> np.ndarray:
+    """Box ``(4,)`` (x0, y0, x1, y1) of ``(N, 2)`` points.
 
-    A point is missing when a coordinate is negative (``pt2d`` marks invisible points with
-    ``-1``) or not finite. Raises ``ValueError`` when no point is left.
+    ``skip_missing=True``: ignore missing points, those with a negative (``pt2d`` marks
+    invisible points with ``-1``) or non-finite coordinate. ``skip_missing=False``: the plain
+    min/max over ALL points, ``-1`` included, as 6DRepNet/HopeNet compute their ``pt2d`` box
+    (``x_min = min(pt2d[0, :])``, ...); non-finite points are still an error there. Raises
+    ``ValueError`` when no usable point is left.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    ok = np.all(np.isfinite(pts), axis=1) & np.all(pts >= 0, axis=1)
+    finite = np.all(np.isfinite(pts), axis=1)
+    if not skip_missing:
+        if len(pts) == 0 or not finite.all():
+            raise ValueError("landmarks are empty or not finite")
+        return np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()])
+    ok = finite & np.all(pts >= 0, axis=1)
     if not ok.any():
         raise ValueError("no valid landmark (all negative or NaN)")
     pts = pts[ok]
@@ -303,6 +370,12 @@ class IndexedPoseDataset(Dataset):
         train: use the crop rule's random (train) variant; the randomness comes from a
             generator seeded by ``(seed, epoch, item index)``, so it is reproducible.
         seed: seed of the train-time crop jitter; :meth:`set_epoch` changes it per epoch.
+
+    The epoch lives in a one-element shared-memory tensor, so :meth:`set_epoch` called in the
+    main process reaches DataLoader workers that already hold a copy of the dataset
+    (persistent workers, fork or spawn). :class:`~hpelib.data.datamodule.HPEDataModule`'s train
+    loader sets it to the trainer's epoch before each pass; elsewhere call ``set_epoch``
+    before creating the epoch's iterator.
     """
 
     name: str = "indexed"
@@ -327,7 +400,7 @@ class IndexedPoseDataset(Dataset):
         self.crop_rule = get_crop_rule(crop_rule)
         self.train = bool(train)
         self.seed = int(seed)
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         # Column arrays once: DataFrame row access per item is far slower than numpy indexing.
         self._paths = self.index["path"].astype(str).tolist()
         rot = self.index.loc[:, list(ROTATION_COLUMNS)].to_numpy(dtype=np.float32)
@@ -359,9 +432,19 @@ class IndexedPoseDataset(Dataset):
         """Items dropped by ``on_invalid="skip"`` or a protocol filter at construction."""
         return int(self.index.attrs.get("skipped", 0)) + int(self.index.attrs.get("filtered", 0))
 
+    @property
+    def epoch(self) -> int:
+        """Epoch of the train-time crop jitter (shared with DataLoader workers)."""
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
     def set_epoch(self, epoch: int) -> None:
-        """Change the train-time crop jitter per epoch (still reproducible from ``seed``)."""
-        self.epoch = int(epoch)
+        """Change the train-time crop jitter per epoch (still reproducible from ``seed``);
+        reaches live DataLoader workers too (shared memory)."""
+        self._epoch.fill_(int(epoch))
 
     def image_path(self, i: int) -> Path:
         """Absolute path of item ``i``'s image."""
@@ -375,7 +458,7 @@ class IndexedPoseDataset(Dataset):
     def crop_box(self, i: int, image_wh: tuple[int, int]) -> np.ndarray:
         """Integer crop box ``(4,)`` of item ``i`` in image pixels (PIL crops at ``int()``)."""
         box = self._box[i] if self._box is not None else np.full(4, np.nan)
-        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
+        rng = np.random.default_rng([self.seed, int(self._epoch), i]) if self.train else None
         crop = np.asarray(self.crop_rule(box, image_wh, rng), dtype=np.float64)
         if not np.all(np.isfinite(crop)):
             raise DatasetError(f"{self.name}: {self.image_path(i)}: crop box {crop} is not finite")
@@ -443,6 +526,15 @@ class IndexedPoseDataset(Dataset):
             f"{type(self).__name__}(n={len(self)}, root={self.root}, image_size={self.image_size}, "
             f"train={self.train})"
         )
+
+    def identity_of(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(N,)`` int64 identity of items ``indices`` from the label index (``-1`` where
+        unknown or when the index has no ``identity`` column): no image is decoded, so
+        :func:`hpelib.data.pairs.dataset_identities` uses it instead of reading every item."""
+        idx = np.asarray(torch.as_tensor(indices, dtype=torch.int64).reshape(-1))
+        if self._identity is None:
+            return torch.full((len(idx),), -1, dtype=torch.int64)
+        return torch.from_numpy(self._identity[idx].astype(np.int64, copy=True))
 
 
 def rotation_columns_from_matrices(r: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:

@@ -235,8 +235,10 @@ class BIWIRaw(IndexedPoseDataset):
         split_seed: seed of that random subject split.
         image_size: side of the output crop.
         box_size_mm: side of the square metric crop around the projected head centre.
-        crop_rule: ``"tight"`` (the metric box, default) or another rule applied to it.
-        train: random crop variant of ``crop_rule`` (``"tight"`` has none).
+        crop_rule: ``"tight_jitter"`` (default: the metric box at test time, randomly
+            scaled and shifted around it at train time), ``"tight"`` (the metric box, also
+            at train time) or another rule applied to it.
+        train: random crop variant of ``crop_rule``.
         filter_99: drop frames with any ``|angle| > 99`` degrees (300W-LP Euler); dropping
             every frame is a :class:`~hpelib.data.datasets.base.DatasetError`.
         on_invalid: ``"error"`` or ``"skip"`` (bad pose/calibration file, missing image).
@@ -256,7 +258,7 @@ class BIWIRaw(IndexedPoseDataset):
         split_seed: int = 0,
         image_size: int = 224,
         box_size_mm: float = 220.0,
-        crop_rule: str | CropRule = "tight",
+        crop_rule: str | CropRule = "tight_jitter",
         train: bool = False,
         filter_99: bool = False,
         on_invalid: OnInvalid = "error",

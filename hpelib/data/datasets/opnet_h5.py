@@ -9,15 +9,22 @@ name             shape                meaning
                                       variable-length uint8 of encoded JPEG/PNG bytes
 ``quats``        (N, 4)               rotation quaternion (x, y, z, w), already hpelib's
                                       internal convention (:func:`rotation_from_opnet_quaternion`)
-``coords``       (N, 3)               head centre x, y and head size, image pixels
+``coords``       (N, 3)               head centre x, y and projected head RADIUS, image
+                                      pixels (the sample's ``head_size`` is 2 x radius)
 ``rois``         (N, 4)               face box x0, y0, x1, y1, image pixels
-``pt3d_68``      (N, 68, 3)/(N, 3, 68) 3D landmarks: x, y image pixels, z as stored (the
-                                      loader subtracts the per-item mean z), optional
+``pt3d_68``      (N, 68, 3)/(N, 3, 68) 3D landmarks: x, y image pixels, z relative to the
+                                      head centre of ``coords`` (kept as stored), optional
 ``shapeparams``  (N, P)               face model shape parameters, optional
 ===============  ===================  ======================================================
 
 The two ``pt3d_68`` layouts are told apart by which axis has length 68 (a (N, 3, 68) array
 with N items is transposed to (N, 68, 3)).
+
+Reference layout (OpenTrack's ``dsprocess_*.py``): ``coords = [x, y, r]`` with ``r`` the
+projected head radius (e.g. ``0.5 * scale / 224 * w * 100 mm`` for AFLW2000) and ``(x, y)``
+the head centre the model's landmarks hang from; ``pt3d_68`` depth is centred on that
+same point (``depth_centered_keypoints``), which is hpelib's convention (depth relative to
+the head centre, :mod:`hpelib.data.sample`), so the depth is used as stored.
 """
 
 from __future__ import annotations
@@ -81,7 +88,7 @@ class OpNetHDF5(IndexedPoseDataset):
         crop_rule: ``"tight"`` (the ``box_source`` box as is, default), ``"6drepnet"``,
             ``"full"`` or a callable.
         box_source: ``"rois"`` (default), ``"pt3d_68"`` (box of the landmarks' x/y) or
-            ``"coords"`` (square of side ``size`` around the head centre).
+            ``"coords"`` (square of side ``2 r`` around the head centre: the head).
         on_invalid: ``"error"`` or ``"skip"`` for NaN/zero quaternions or bad boxes.
         train, seed: as in :class:`IndexedPoseDataset`.
     """
@@ -149,14 +156,18 @@ class OpNetHDF5(IndexedPoseDataset):
         pt = None
         if "pt3d_68" in arrays:
             pt = pt3d_68_to_n683(arrays["pt3d_68"].astype(np.float64), f"{where}: 'pt3d_68'")
-            z = pt[..., 2] - pt[..., 2].mean(axis=1, keepdims=True)
+            # Depth relative to the head centre, as stored: no per-item re-centring (a mean
+            # over the face's landmarks sits a pose-dependent distance from the centre).
+            z = pt[..., 2]
             for k in range(68):
                 cols[LANDMARK_COLUMNS[0][k]] = pt[:, k, 0]
                 cols[LANDMARK_COLUMNS[1][k]] = pt[:, k, 1]
                 cols[LANDMARK_Z_COLUMNS[k]] = z[:, k]
         if "coords" in arrays:
             c = arrays["coords"].astype(np.float64).reshape(n, 3)
-            cols.update(hcx=c[:, 0], hcy=c[:, 1], hsize=c[:, 2])
+            # coords[2] is the projected head radius; ``hsize`` (the sample's head_size) is
+            # the head's full size, 2 x radius (OpNet's module takes head_size / 2).
+            cols.update(hcx=c[:, 0], hcy=c[:, 1], hsize=2.0 * c[:, 2])
         if box_source == "rois":
             if "rois" not in arrays:
                 raise DatasetError(f"opnet_h5: {where}: box_source='rois' but no 'rois' dataset")
@@ -168,7 +179,7 @@ class OpNetHDF5(IndexedPoseDataset):
         elif box_source == "coords":
             if "coords" not in arrays:
                 raise DatasetError(f"opnet_h5: {where}: box_source='coords' but no 'coords'")
-            half = cols["hsize"][:, None] / 2
+            half = cols["hsize"][:, None] / 2  # = coords[2], the radius
             centre = np.stack([cols["hcx"], cols["hcy"]], 1)
             boxes = np.concatenate([centre - half, centre + half], axis=1)
         else:

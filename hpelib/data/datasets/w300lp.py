@@ -50,16 +50,43 @@ from hpelib.rotation import rotation_from_euler_300wlp
 __all__ = [
     "W300LP_SUBSETS",
     "Pose300WLP",
+    "LANDMARK_DEPTH_ORIGIN",
     "check_3ddfa_units",
     "euler_index_to_rotation",
+    "landmark_depth_from_head_centre",
     "read_3ddfa_mat",
 ]
 
 logger = logging.getLogger("hpelib.data")
 
 W300LP_SUBSETS: tuple[str, ...] = ("AFW", "HELEN", "IBUG", "LFPW")
-BoxSource = Literal["pt2d", "pt3d_68"]
+#: Face box source: ``"pt2d"`` min/max of ALL ``pt2d`` points, ``-1`` (invisible) included,
+#: exactly as 6DRepNet/HopeNet; ``"pt2d_visible"`` only the visible (non-negative) ``pt2d``
+#: points; ``"pt3d_68"`` x/y of ``pt3d_68`` (OpNet/RankPose).
+BoxSource = Literal["pt2d", "pt2d_visible", "pt3d_68"]
+#: Part of the label index cache key: bump when the box computation changes (2: ``"pt2d"``
+#: takes every point as the reference does, ``"pt2d_visible"`` the visible ones).
+BOX_VERSION = 2
 _ANGLES = ("pitch", "yaw", "roll")
+#: Origin of the ``lmz_i`` depth columns; part of the label index cache key (a change
+#: rebuilds cached indexes whose depth was the per-item mean landmark depth).
+LANDMARK_DEPTH_ORIGIN = "head_centre_3dmm_tz"
+
+
+def landmark_depth_from_head_centre(pt3d: np.ndarray, pose: np.ndarray) -> np.ndarray | None:
+    """hpelib depth ``(68,)`` of a 3DDFA ``pt3d_68`` ``(3, 68)``: z into the scene, image-pixel
+    scale, 0 at the HEAD CENTRE (:mod:`hpelib.data.sample`).
+
+    The 3DMM fit projects ``pt3d_68 = s R X + t`` (``Pose_Para = [pitch, yaw, roll, tx, ty,
+    tz, s]``, z towards the viewer): the model origin, the head's centre about 9 cm behind
+    the face (AFLW2000-dev: the landmarks' mean lies 0.89 head radii of 100 mm in front of
+    it), is at depth ``tz``, so ``depth = -(z - tz)``. ``None`` (no depth label) when
+    ``Pose_Para`` has no finite ``tz``. The mean landmark depth is not a head point: in the
+    head frame it moves with the pose (AFLW2000-dev: std 0.14-0.28 radii per axis).
+    """
+    if pose.size < 6 or not math.isfinite(float(pose[5])):
+        return None
+    return -(pt3d[2] - float(pose[5]))
 
 
 def _landmark_columns(points: np.ndarray | None, depth: np.ndarray | None) -> dict[str, float]:
@@ -85,9 +112,10 @@ def read_3ddfa_mat(
     """Labels of one 300W-LP/AFLW2000 ``.mat`` file as an index record.
 
     Returns a dict with ``pitch, yaw, roll`` (degrees, from ``Pose_Para``), the face box
-    ``x0..y1`` of ``box_source`` (``pt2d`` ignoring negative points, or ``pt3d_68`` x/y),
-    landmarks (``pt3d_68`` x/y when present, with depth ``lmz_i = -(z - mean z)`` because the
-    file's z points towards the viewer; else ``pt2d`` when it has 68 points), optionally
+    ``x0..y1`` of ``box_source`` (:data:`BoxSource`: ``pt2d`` all points as the reference,
+    ``pt2d_visible`` ignoring negative points, or ``pt3d_68`` x/y),
+    landmarks (``pt3d_68`` x/y when present, with depth relative to the head centre,
+    :func:`landmark_depth_from_head_centre`; else ``pt2d`` when it has 68 points), optionally
     ``shape_params``, and ``error`` (non-empty when unusable, e.g. a missing key).
     ``pt3d_fallback`` (2, 68) replaces a missing ``pt3d_68`` for the box (300W-LP keeps it in
     the ``landmarks/`` folder).
@@ -125,10 +153,10 @@ def read_3ddfa_mat(
         rec["error"] = f"'pt3d_68' has shape {pt3d.shape}, expected (3, 68)"
         return rec
     try:
-        if box_source == "pt2d":
+        if box_source in ("pt2d", "pt2d_visible"):
             if pt2d is None:
                 raise ValueError("missing key 'pt2d'")
-            box = landmark_box(pt2d[:2].T)
+            box = landmark_box(pt2d[:2].T, skip_missing=box_source == "pt2d_visible")
         elif box_source == "pt3d_68":
             src = pt3d[:2] if pt3d is not None else pt3d_fallback
             if src is None:
@@ -141,7 +169,7 @@ def read_3ddfa_mat(
         return rec
     rec.update(zip(BOX_COLUMNS, box.tolist(), strict=True))
     if pt3d is not None:
-        rec.update(_landmark_columns(pt3d[:2].T, -(pt3d[2] - pt3d[2].mean())))
+        rec.update(_landmark_columns(pt3d[:2].T, landmark_depth_from_head_centre(pt3d, pose)))
     elif pt2d is not None and pt2d.shape == (2, 68):
         rec.update(_landmark_columns(pt2d.T, None))
     if shape_params and "Shape_Para" in mat:
@@ -288,9 +316,13 @@ class Pose300WLP(IndexedPoseDataset):
             with a log line; at least one must exist).
         flipped: also read the ``<subset>_Flip`` folders (mirrored images and labels).
         image_size: side of the output crop.
-        train: random (seeded) 6DRepNet crop margins instead of the fixed test margins.
-        crop_rule: ``"6drepnet"`` (default), ``"tight"``, or a callable (:mod:`.base`).
-        box_source: ``"pt2d"`` (6DRepNet/HopeNet) or ``"pt3d_68"`` (OpNet/RankPose; taken
+        train: random (seeded) train-time crop of ``crop_rule`` instead of its test crop.
+        crop_rule: ``"6drepnet_train"`` (default: the reference ``Pose_300W_LP`` crop,
+            ``k ~ U(0.2, 0.4)`` with margins ``0.6k, 2k, 0.6k, 0.6k``, as the 300W-LP ->
+            AFLW2000 protocol trains), ``"6drepnet"`` (the reference AFLW2000 test crop,
+            jittered around it at train time), ``"tight"``, or a callable (:mod:`.base`).
+        box_source: ``"pt2d"`` (6DRepNet/HopeNet: all points, ``-1`` included),
+            ``"pt2d_visible"`` (visible points only) or ``"pt3d_68"`` (OpNet/RankPose; taken
             from the ``landmarks/`` folder's ``pts_3d`` when the ``.mat`` has none).
         seed: seed of the train-time crop jitter.
         on_invalid: ``"error"`` (default) or ``"skip"`` for unreadable labels, missing
@@ -316,7 +348,7 @@ class Pose300WLP(IndexedPoseDataset):
         flipped: bool = True,
         image_size: int = 224,
         train: bool = True,
-        crop_rule: str | CropRule = "6drepnet",
+        crop_rule: str | CropRule = "6drepnet_train",
         box_source: BoxSource = "pt2d",
         seed: int = 0,
         on_invalid: OnInvalid = "error",
@@ -340,7 +372,10 @@ class Pose300WLP(IndexedPoseDataset):
         mats = sorted(m for f in present for m in (root / f).glob("*.mat"))
         require_files(root, mats, f"{{{','.join(present)}}}/<id>_<k>.mat", "300wlp")
         images = sorted(m for f in present for m in (root / f).glob("*.jpg"))
-        options = {"box_source": box_source, "shape_params": shape_params, "folders": present}
+        options = {
+            "box_source": box_source, "box_version": BOX_VERSION,
+            "shape_params": shape_params, "folders": present, "depth": LANDMARK_DEPTH_ORIGIN,
+        }  # fmt: skip
         # Images are part of the key too: an added/removed image changes the index's errors;
         # so are the landmarks/ files the pt3d_68 boxes come from (an edit must rebuild).
         landmark_files = (

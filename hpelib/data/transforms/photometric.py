@@ -30,6 +30,7 @@ __all__ = [
     "RandomCoarseDropout",
     "RandomColorJitter",
     "RandomDownsample",
+    "RandomGaussianNoise",
     "RandomSomeOf",
     "clerf_photometric",
     "opnet_photometric",
@@ -139,6 +140,42 @@ class Grayscale(PhotometricTransform):
             # Every sample is converted (p == 1 is enforced), whatever `allowed` says.
             return self.transform(image).clamp(0.0, 1.0)
         return super().apply_image(image, allowed)
+
+
+class RandomGaussianNoise(PhotometricTransform):
+    """Additive Gaussian pixel noise ``N(mean, std^2)`` (image units, [0, 1]) with
+    probability ``p`` per sample.
+
+    A grey image (one channel, or all channels equal) gets ONE noise value per pixel, shared
+    by its channels: it stays grey and the noise in its grey value has standard deviation
+    ``std``. Colour images get independent noise per channel. (Independent RGB noise that a
+    grey conversion averages afterwards, as ``kornia.augmentation.RandomGaussianNoise``
+    followed by a luma conversion, is ``0.668 std``: OpNet's sigma 4 and 16 of 255 became
+    2.7 and 10.7.) The noise values come from torch's global RNG on the image's device, as
+    kornia's; ``generator`` decides which samples get noise.
+    """
+
+    def __init__(
+        self,
+        std: float,
+        p: float = 0.5,
+        mean: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(p, generator)
+        if not std >= 0.0:
+            raise ValueError(f"std={std} must be >= 0")
+        self.std = float(std)
+        self.mean = float(mean)
+
+    def transform(self, image: Tensor) -> Tensor:
+        noise = torch.randn_like(image)
+        if image.shape[1] > 1:
+            grey = (image[:, 1:] == image[:, :1]).flatten(1).all(1)
+            if bool(grey.any()):
+                shared = noise[:, :1].expand_as(noise)
+                noise = torch.where(grey[:, None, None, None], shared, noise)
+        return image + self.mean + self.std * noise
 
 
 class RandomColorJitter(PhotometricTransform):
@@ -321,7 +358,7 @@ def clerf_photometric(generator: torch.Generator | None = None) -> nn.Sequential
         k(KA.RandomClahe(clip_limit=(1.0, 4.0), grid_size=(4, 4), p=1.0), 0.1),
         Grayscale(p=0.1, channels=3, generator=generator),
         k(KA.RandomGaussianBlur(kernel_size=(5, 5), sigma=(0.1, 1.5), p=1.0), 0.2),
-        k(KA.RandomGaussianNoise(std=8.0 / 255.0, p=1.0), 0.2),
+        RandomGaussianNoise(std=8.0 / 255.0, p=0.2, generator=generator),
         k(KA.RandomChannelShuffle(p=1.0), 0.1),
         k(
             KA.RandomRGBShift(r_shift_limit=0.08, g_shift_limit=0.08, b_shift_limit=0.08, p=1.0),
@@ -342,10 +379,12 @@ def opnet_photometric(
 
     Per sample 4 of {equalize, posterize, gamma, contrast, brightness, blur} are chosen,
     each then applied with probability ``op_probability``; then Gaussian noise of sigma
-    4/255 with p=0.5 and of sigma 16/255 with p=0.1.
+    4/255 with p=0.5 and of sigma 16/255 with p=0.1 (:class:`RandomGaussianNoise`: on a grey
+    image the noise of the grey value has exactly these sigmas).
 
     Args:
-        grayscale: convert every image to grayscale at the end (OpNet's grayscale input).
+        grayscale: convert every image to grayscale FIRST (OpNet's grayscale input), so
+            that the operations and the noise act on the grey image.
         grayscale_channels: ``3`` keeps 3 equal channels (any RGB backbone works); ``1``
             outputs ``(B, 1, H, W)`` (the model and normalisation must expect 1 channel).
         op_probability: probability of each chosen operation.
@@ -364,13 +403,16 @@ def opnet_photometric(
         k(KA.RandomBrightness(brightness=(0.7, 1.3), p=1.0), q),
         k(KA.RandomGaussianBlur(kernel_size=(5, 5), sigma=(0.1, 1.5), p=1.0), q),
     ]
-    modules: list[nn.Module] = [
-        RandomSomeOf(ops, n=4, generator=generator),
-        k(KA.RandomGaussianNoise(std=4.0 / 255.0, p=1.0), 0.5),
-        k(KA.RandomGaussianNoise(std=16.0 / 255.0, p=1.0), 0.1),
-    ]
-    if grayscale:
-        modules.append(Grayscale(p=1.0, channels=grayscale_channels, generator=generator))
-    elif grayscale_channels != 3:
+    if not grayscale and grayscale_channels != 3:
         raise ValueError(f"grayscale_channels={grayscale_channels} needs grayscale=True")
+    # Grey first, noise last: noise drawn per RGB channel and averaged by a later grey
+    # conversion would be 0.668 of its sigma.
+    modules: list[nn.Module] = (
+        [Grayscale(p=1.0, channels=grayscale_channels, generator=generator)] if grayscale else []
+    )
+    modules += [
+        RandomSomeOf(ops, n=4, generator=generator),
+        RandomGaussianNoise(std=4.0 / 255.0, p=0.5, generator=generator),
+        RandomGaussianNoise(std=16.0 / 255.0, p=0.1, generator=generator),
+    ]
     return nn.Sequential(*modules)

@@ -96,6 +96,10 @@ class LECHPE(HPEModule):
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
+    #: ``forward``'s ``"euler_deg"`` (the binned branches' angles) are in this convention,
+    #: so the per-angle metrics score them directly (HopeNet protocol), see :class:`HPEModule`.
+    euler_output_convention: str | None = _CONVENTION
+
     def __init__(
         self,
         backbone: str = "resnet50",

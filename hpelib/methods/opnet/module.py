@@ -144,9 +144,11 @@ class OpNet(HPEModule):
     def targets(self, batch: Mapping[str, Any]) -> dict[str, tuple[Tensor, Tensor]]:
         """Labels in the model's units with their per-sample masks: ``{name: (value, mask)}``.
 
-        ``quat (B, 4)``, ``xy (B, 2)``, ``size (B, 1)`` (head radius = ``head_size / 2``),
+        ``quat (B, 4)``, ``xy (B, 2)``, ``size (B, 1)`` (head radius = ``head_size / 2``:
+        ``head_size`` is the full head size, e.g. twice an OpNet HDF5 file's ``coords[2]``),
         ``box (B, 4)``, ``landmarks (B, 68, 3)`` with a per-coordinate mask ``(B, 68, 3)``
-        (3D labels; else 2D labels of visible points, without depth), ``shape (B, K)``.
+        (3D labels, depth relative to the head centre as the model's ``[x, y, 0] + size R p``;
+        else 2D labels of visible points, without depth), ``shape (B, K)``.
         """
         image = batch["image"]
         n, dev = image.shape[0], image.device
