@@ -42,6 +42,7 @@ __all__ = [
     "add_trust_checkpoint_argument",
     "UnsafeCheckpointError",
     "atomic_torch_save",
+    "atomic_write",
     "read_checkpoint",
     "trust_checkpoint_enabled",
     "trusted_checkpoints",
@@ -179,18 +180,16 @@ def read_checkpoint(
         ) from err
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in ``path``'s folder (same filesystem), flushed to
+def atomic_write(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
+    """Write ``data`` to a temporary file in ``path``'s folder (same filesystem), flushed to
     disk, then ``os.replace``: readers see the old file or the new one, never a partial one;
     on failure (full disk, kill) the temporary file is removed and the old file is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)  # serialise first: a failing object never touches the disk
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -198,3 +197,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` through :func:`atomic_write` (serialised first: an object that fails to
+    serialise never touches the disk)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getbuffer())

@@ -372,14 +372,15 @@ class HPEDataModule(LightningDataModule):
         weighted = len(set(self._train_weights)) > 1 or self.samples_per_epoch is not None
         if not weighted:
             sampler = EpochShuffleSampler(dataset, self.seed)
-            self._check_train_size(dataset, len(sampler))
-            return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
-        parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
-        per_item = torch.cat(
-            [torch.full((len(d),), w / max(len(d), 1), dtype=torch.float64)
-             for d, w in zip(parts, self._train_weights, strict=True)]
-        )
-        sampler = EpochWeightedSampler(per_item, self.samples_per_epoch or len(dataset), self.seed)
+        else:
+            parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+            per_item = torch.cat(
+                [torch.full((len(d),), w / max(len(d), 1), dtype=torch.float64)
+                 for d, w in zip(parts, self._train_weights, strict=True)]
+            )  # fmt: skip
+            sampler = EpochWeightedSampler(
+                per_item, self.samples_per_epoch or len(dataset), self.seed
+            )
         self._check_train_size(dataset, len(sampler))
         return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
 

@@ -16,15 +16,13 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from hpelib.data.datasets.base import (
     CropRule,
-    DatasetError,
     IndexedPoseDataset,
     OnInvalid,
-    aflw2000_filter_mask,
+    apply_filter_99,
     apply_invalid_policy,
     require_files,
 )
@@ -129,22 +127,6 @@ class AFLW2000(IndexedPoseDataset):
         # No range limit here: out-of-range labels are the 99-filter's business (protocol).
         index = euler_index_to_rotation(index, None)
         index = apply_invalid_policy(index, on_invalid, "aflw2000")
-        skipped = index.attrs.get("skipped", 0)
-        filtered = 0
-        if filter_99:
-            keep = aflw2000_filter_mask(index.loc[:, ["pitch", "yaw", "roll"]].to_numpy(np.float64))
-            filtered = int((~keep).sum())
-            index = index[keep].reset_index(drop=True)
-            if len(index) == 0:
-                raise DatasetError(
-                    f"aflw2000: {root}: the 99-degree filter dropped all {filtered} item(s) "
-                    "(each has an |angle| > 99 degrees), nothing is left to evaluate; "
-                    "filter_99=False (filter_99: false in a config) keeps them"
-                )
-            logger.info(
-                "aflw2000: 99-degree filter kept %d of %d", len(index), len(index) + filtered
-            )
-        index.attrs["skipped"] = skipped
-        index.attrs["filtered"] = filtered
+        index = apply_filter_99(index, filter_99, "aflw2000", root)
         super().__init__(index, root, image_size, crop_rule, train, seed)
-        self.num_filtered = filtered
+        self.num_filtered = int(index.attrs["filtered"])

@@ -51,6 +51,7 @@ __all__ = [
     "OnInvalid",
     "aflw2000_filter_mask",
     "angle_unit_mixup",
+    "apply_filter_99",
     "apply_invalid_policy",
     "crop_rule_6drepnet",
     "crop_rule_6drepnet_jitter",
@@ -300,6 +301,28 @@ def angle_unit_mixup(angles: np.ndarray, expected: Literal["radians", "degrees"]
     return ""
 
 
+def apply_filter_99(index: pd.DataFrame, filter_99: bool, name: str, where: Path) -> pd.DataFrame:
+    """The evaluation protocol's 99-degree filter (:func:`aflw2000_filter_mask`) on an index
+    with ``pitch, yaw, roll`` degree columns; records ``skipped``/``filtered`` in its attrs.
+    A filter that leaves nothing is a :class:`DatasetError` naming ``where`` (an evaluation on
+    nothing would exit with no metrics)."""
+    skipped = index.attrs.get("skipped", 0)
+    filtered = 0
+    if filter_99:
+        keep = aflw2000_filter_mask(index.loc[:, ["pitch", "yaw", "roll"]].to_numpy(np.float64))
+        filtered = int((~keep).sum())
+        index = index[keep].reset_index(drop=True)
+        if len(index) == 0:
+            raise DatasetError(
+                f"{name}: {where}: the 99-degree filter dropped all {filtered} item(s) (each "
+                "has an |angle| > 99 degrees), nothing is left to evaluate; filter_99=False "
+                "(filter_99: false in a config) keeps them"
+            )
+        logger.info("%s: 99-degree filter kept %d of %d", name, len(index), len(index) + filtered)
+    index.attrs.update(skipped=skipped, filtered=filtered)
+    return index
+
+
 def apply_invalid_policy(
     index: pd.DataFrame, on_invalid: OnInvalid, dataset: str, label_column: str = "label_file"
 ) -> pd.DataFrame:
@@ -444,7 +467,7 @@ class IndexedPoseDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Change the train-time crop jitter per epoch (still reproducible from ``seed``);
         reaches live DataLoader workers too (shared memory)."""
-        self._epoch.fill_(int(epoch))
+        self.epoch = epoch
 
     def image_path(self, i: int) -> Path:
         """Absolute path of item ``i``'s image."""

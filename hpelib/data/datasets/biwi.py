@@ -39,8 +39,8 @@ from hpelib.data.datasets.base import (
     DatasetError,
     IndexedPoseDataset,
     OnInvalid,
-    aflw2000_filter_mask,
     angle_unit_mixup,
+    apply_filter_99,
     apply_invalid_policy,
     invalid_angle_reason,
     rotation_columns_from_matrices,
@@ -204,24 +204,6 @@ def _finish_rotation_index(
     return index
 
 
-def _apply_99(index: pd.DataFrame, filter_99: bool, name: str, where: Path) -> pd.DataFrame:
-    skipped = index.attrs.get("skipped", 0)
-    filtered = 0
-    if filter_99:
-        keep = aflw2000_filter_mask(index.loc[:, ["pitch", "yaw", "roll"]].to_numpy(np.float64))
-        filtered = int((~keep).sum())
-        index = index[keep].reset_index(drop=True)
-        if len(index) == 0:
-            raise DatasetError(
-                f"{name}: {where}: the 99-degree filter dropped all {filtered} item(s) (each "
-                "has an |angle| > 99 degrees), nothing is left; filter_99=False "
-                "(filter_99: false in a config) keeps them"
-            )
-        logger.info("%s: 99-degree filter dropped %d item(s)", name, filtered)
-    index.attrs.update(skipped=skipped, filtered=filtered)
-    return index
-
-
 @register_dataset("biwi", "biwi_raw", "hpdb")
 class BIWIRaw(IndexedPoseDataset):
     """BIWI from the raw ``hpdb`` release, with subject-wise splits.
@@ -296,7 +278,7 @@ class BIWIRaw(IndexedPoseDataset):
         index = _finish_rotation_index(index, rot, angle_limit_deg)
         index["identity"] = index["subject"].astype(int)
         index = apply_invalid_policy(index, on_invalid, "biwi")
-        index = _apply_99(index, filter_99, "biwi", root)
+        index = apply_filter_99(index, filter_99, "biwi", root)
         super().__init__(index, root, image_size, crop_rule, train, seed)
         self.subjects = chosen
 
@@ -385,7 +367,7 @@ class BIWINpz(IndexedPoseDataset):
             index[col] = values
         index["yaw"], index["pitch"], index["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
         index = apply_invalid_policy(index, on_invalid, "biwi_npz", label_column="path")
-        index = _apply_99(index, filter_99, "biwi_npz", self.npz_path)
+        index = apply_filter_99(index, filter_99, "biwi_npz", self.npz_path)
         super().__init__(index, self.npz_path.parent, image_size, crop_rule, train, seed)
         self._array_index = index["array_index"].to_numpy()
         self._images: np.ndarray | None = None

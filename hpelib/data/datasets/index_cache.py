@@ -37,6 +37,7 @@ writing a new index deletes those of the same dataset copy in that folder.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -48,6 +49,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from hpelib.checkpoint_io import atomic_write
 
 __all__ = ["CacheSpec", "cached_index", "default_cache_dir", "files_fingerprint"]
 
@@ -317,10 +320,12 @@ def read_index(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def write_index(index: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write ``index`` to ``path`` (not atomically; :func:`cached_index` writes a temp file)."""
-    arrays = encode_index(index)
-    with open(path, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
-        np.savez(fh, **arrays)
+    """Write ``index`` to ``path`` atomically (concurrent DataLoader workers and ranks never
+    read a half-written file); ``TypeError`` for a column the format cannot hold, before
+    anything is written."""
+    buffer = io.BytesIO()  # a file object: np.savez would append ".npz" to a name
+    np.savez(buffer, **encode_index(index))
+    atomic_write(path, buffer.getbuffer())
 
 
 # ------------------------------------------------------------------------------- caching
@@ -382,18 +387,11 @@ def cached_index(
         if not _writable(folder):
             continue
         path = folder / _stem(name, root, folder, key)
-        # Atomic replace: concurrent DataLoader workers/ranks never read a half-written file.
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
         try:
-            write_index(index, tmp)
-            os.replace(tmp, path)
+            write_index(index, path)
         except TypeError as err:  # a column this format cannot hold: use the index uncached
             logger.warning("%s: label index not cached (%s)", name, err)
             return index
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         # Drop stale indexes of the same dataset copy (other keys or old formats, same prefix).
         for suffix in (_SUFFIX, *_OLD_SUFFIXES):
             for old in folder.glob(f"{_prefix(name, root, folder)}-*{suffix}"):
