@@ -43,7 +43,14 @@ from torch.utils.data import Dataset
 from hpelib.data.datamodule import HPEDataModule
 from hpelib.data.synthetic import PRESETS, SyntheticHeads
 from hpelib.data.variants import FAVariant, SAVariant
-from hpelib.methods.clerf import CLERF, CLERFSupervised, SyntheticPositiveSource, make_positives
+from hpelib.methods.clerf import (
+    CLERF,
+    MINING_DISTANCES,
+    ROTATION_SENSES,
+    CLERFSupervised,
+    SyntheticPositiveSource,
+    make_positives,
+)
 
 _SETS = ("original", "SA", "FA")
 #: run key (``--runs``) -> table row
@@ -140,6 +147,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the rendered sets")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--distance", choices=MINING_DISTANCES, default="euclidean",
+                        help="negative-mining distance of CLERF runs (euclidean: the paper's)")  # fmt: skip
+    parser.add_argument("--rotation", choices=ROTATION_SENSES, default="clockwise",
+                        help="sense of the rotate augmentation (clockwise 0-90: the paper's; "
+                             "symmetric: -90..90)")  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.stage1 < args.epochs:
         parser.error(f"--stage1 must be in [1, --epochs - 1], got {args.stage1} of {args.epochs}")
@@ -162,10 +174,11 @@ def main() -> None:
             L.seed_everything(seed, verbose=False)
             if kind == "clerf":
                 module: L.LightningModule = CLERF(
-                    augmentation=aug, head_lr=args.lr, euler_convention="clerf", **common
-                )
+                    augmentation=aug, rotation=args.rotation, mining_distance=args.distance,
+                    head_lr=args.lr, euler_convention="clerf", **common,
+                )  # fmt: skip
             else:
-                module = CLERFSupervised(augmentation=aug, euler_convention="clerf", **common)
+                module = CLERFSupervised(augmentation=aug, rotation=args.rotation, euler_convention="clerf", **common)
             runs.setdefault(_RUNS[key], []).append(
                 run(f"{key}/seed {seed}", module, train_pairs if kind == "clerf" else base, tests, args)
             )
@@ -173,6 +186,7 @@ def main() -> None:
     print(f"\n{args.train} train / {args.test} test {args.preset} heads at {args.size} px, {args.backbone}, "
           f"{args.epochs} epochs (CLERF: {args.stage1} contrastive + {args.epochs - args.stage1} pose), "
           f"batch {args.batch}, Adam {args.lr} ({args.schedule}), {args.precision}, "
+          f"mining {args.distance}, rotation {args.rotation}, "
           f"training seeds {args.seeds} (mean ± std over seeds); "
           f"total {time.time() - t0:.0f} s\n")  # fmt: skip
     print("| method | " + " | ".join(f"{s} geodesic | {s} MAE" for s in _SETS) + " |")

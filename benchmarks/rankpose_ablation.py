@@ -11,8 +11,11 @@ directions on synthetic heads (:mod:`hpelib.data.synthetic`, 300W-LP-like "front
 2. for every variant: the same seed, the same same-identity pairs
    (:class:`hpelib.data.pairs.IdentityPairs`, same seed, so every variant sees the same
    image pairs in the same order), the same backbone, optimiser (Adam), cosine decay and
-   number of epochs; MSE-only variants use ``beta = 1`` (both images of each pair still
-   count in the MSE, so the only difference is the ranking term);
+   number of epochs, and the module's default loss (``L_MSE + L_ranking``, 1 : 1,
+   ``mse_form: per_branch``); MSE-only variants use ``ranking_weight = 0`` (both images of
+   each pair still count in the MSE, so the only difference is the ranking term);
+   ``--mse-form summed_angles --mse-weight 0.5 --ranking-weight 0.5`` gives the
+   ``beta = 0.5`` form some older tables on the docs page were measured with;
 3. test MAE (mean of yaw/pitch/roll, degrees) and geodesic error (degrees), and the share
    of test labels the trained output layer can produce at all (``representable %``: one
    unit feature's cosines fill an ellipsoid, so the bounded layers cannot give some angle
@@ -40,21 +43,21 @@ from torch.utils.data import Dataset
 from hpelib.data.datamodule import HPEDataModule
 from hpelib.data.pairs import IdentityPairs
 from hpelib.data.synthetic import SyntheticHeads
-from hpelib.methods.rankpose import RankPose
+from hpelib.methods.rankpose import MSE_FORMS, RankPose
 from hpelib.rotation import rotation_to_euler
 
-#: name -> (output layer, beta, cosine scale alpha). beta = 1: MSE only; beta = 0.5: the
-#: paper's MSE + ranking. alpha = pi/2 is the paper's cosine scale, pi (+-180 degrees) the
-#: released code's, which leaves the bounded output headroom beyond the +-90-degree yaws.
-VARIANTS: dict[str, tuple[str, float, float]] = {
-    "MSE": ("linear", 1.0, math.pi / 2),
-    "MSE+Cosine": ("cosine", 1.0, math.pi / 2),
-    "MSE+Arccos": ("arccos", 1.0, math.pi / 2),
-    "Ranking+MSE": ("linear", 0.5, math.pi / 2),
-    "Ranking+MSE+Cosine": ("cosine", 0.5, math.pi / 2),
-    "Ranking+MSE+Arccos": ("arccos", 0.5, math.pi / 2),
-    "MSE+Cosine180": ("cosine", 1.0, math.pi),
-    "Ranking+MSE+Cosine180": ("cosine", 0.5, math.pi),
+#: name -> (output layer, with the ranking term, cosine scale alpha). alpha = pi/2 is the
+#: paper's cosine scale, pi (+-180 degrees) the released code's, which leaves the bounded
+#: output headroom beyond the +-90-degree yaws.
+VARIANTS: dict[str, tuple[str, bool, float]] = {
+    "MSE": ("linear", False, math.pi / 2),
+    "MSE+Cosine": ("cosine", False, math.pi / 2),
+    "MSE+Arccos": ("arccos", False, math.pi / 2),
+    "Ranking+MSE": ("linear", True, math.pi / 2),
+    "Ranking+MSE+Cosine": ("cosine", True, math.pi / 2),
+    "Ranking+MSE+Arccos": ("arccos", True, math.pi / 2),
+    "MSE+Cosine180": ("cosine", False, math.pi),
+    "Ranking+MSE+Cosine180": ("cosine", True, math.pi),
 }
 _METRICS = ("yaw", "pitch", "roll", "mae", "geodesic")
 
@@ -62,7 +65,7 @@ _METRICS = ("yaw", "pitch", "roll", "mae", "geodesic")
 def run_variant(
     name: str, train: Dataset, test: Dataset, args: argparse.Namespace, seed: int
 ) -> dict[str, float]:
-    output_layer, beta, alpha = VARIANTS[name]
+    output_layer, ranking, alpha = VARIANTS[name]
     L.seed_everything(seed, verbose=False)
     dm = HPEDataModule(
         train=IdentityPairs(train, seed=seed),
@@ -76,7 +79,9 @@ def run_variant(
         pretrained=False,
         output_layer=output_layer,
         alpha=alpha,
-        beta=beta,
+        mse_weight=args.mse_weight,
+        ranking_weight=args.ranking_weight if ranking else 0.0,
+        mse_form=args.mse_form,
         optimizer=lambda p: torch.optim.Adam(p, lr=args.lr),
         scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=args.epochs),
     )
@@ -85,7 +90,10 @@ def run_variant(
     trainer.fit(model, dm)
     seconds = time.perf_counter() - start
     result = trainer.test(model, dm, verbose=False)[0]
-    out = {k: result[f"test/synthetic/{k if k in ('mae', 'geodesic') else k + '_mae'}"] for k in _METRICS}
+    out = {
+        k: result[f"test/synthetic/{k if k in ('mae', 'geodesic') else k + '_mae'}"]
+        for k in _METRICS
+    }
     # Share of test labels the trained output layer can produce at all (an upper bound: the
     # cosines of one unit feature fill an ellipsoid, see AngleOutput.representable).
     labels = torch.stack([test[i]["rotation"] for i in range(len(test))])
@@ -105,6 +113,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch", type=int, default=16, help="pairs per batch")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--mse-form", default="per_branch", choices=list(MSE_FORMS))
+    parser.add_argument("--mse-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--ranking-weight", type=float, default=1.0, help="of the Ranking+ variants"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the rendered sets")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: shared CPUs)")
@@ -120,8 +133,13 @@ def main() -> None:
     preset = "frontal" if args.ranges is None else tuple(args.ranges)
     common = dict(image_size=args.image_size, preset=preset, seed=args.data_seed)
     train = SyntheticHeads(args.train, split="train", num_identities=args.identities, **common)
-    test = SyntheticHeads(args.test, split="test", num_identities=max(args.identities // 4, 1), **common)
-    print(f"rendered {len(train)} train / {len(test)} test images in {time.perf_counter() - start:.1f} s", flush=True)
+    test = SyntheticHeads(
+        args.test, split="test", num_identities=max(args.identities // 4, 1), **common
+    )
+    print(
+        f"rendered {len(train)} train / {len(test)} test images in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
 
     rows = []
     for name in args.variants:
@@ -136,17 +154,21 @@ def main() -> None:
         f"RankPose ablation: {args.train} synthetic {preset!r} training images of {args.identities} "
         f"identities ({args.train} pairs/epoch), {args.test} test images of unseen identities, "
         f"{args.image_size} px, {args.backbone}, Adam {args.lr:g} + cosine decay, "
-        f"{args.epochs} epochs, batch {args.batch} pairs, training seeds {args.seeds} "
+        f"{args.epochs} epochs, batch {args.batch} pairs, mse_form {args.mse_form}, "
+        f"training seeds {args.seeds} "
         f"(mean ± std over seeds). Errors in degrees."
     )
     print()
-    print("| variant | output (alpha) | loss | yaw MAE | pitch MAE | roll MAE | MAE | geodesic | representable % | train s |")
+    print(
+        "| variant | output (alpha) | loss | yaw MAE | pitch MAE | roll MAE | MAE | geodesic | representable % | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in rows:
-        layer, beta, alpha = VARIANTS[name]
+        layer, ranking, alpha = VARIANTS[name]
         if layer == "cosine":
             layer = f"cosine ({math.degrees(alpha):.0f})"
-        loss = "MSE" if beta == 1.0 else f"{beta:g} MSE + {1 - beta:g} ranking"
+        mse = "MSE" if args.mse_weight == 1.0 else f"{args.mse_weight:g} MSE"
+        loss = f"{mse} + {args.ranking_weight:g} ranking" if ranking else mse
         cells = " | ".join(fmt([r[k] for r in runs]) for k in (*_METRICS, "representable"))
         seconds = sum(r["seconds"] for r in runs) / len(runs)
         print(f"| {name} | {layer} | {loss} | {cells} | {seconds:.0f} |")

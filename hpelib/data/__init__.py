@@ -5,7 +5,8 @@
   (``300w_lp``, ``aflw2000``, ``biwi``, ``biwi_npz``, ``opnet_h5``, ``table``) and the
   synthetic generator (``synthetic``, :mod:`hpelib.data.synthetic`).
 * :mod:`hpelib.data.transforms`: batched label-consistent augmentation;
-  :mod:`hpelib.data.variants`: SA/FA/occluded test sets; :mod:`hpelib.data.pairs`: identity pairs.
+  :mod:`hpelib.data.variants`: SA/FA/occluded test sets; :mod:`hpelib.data.pairs`: identity pairs;
+  :mod:`hpelib.data.splits`: seeded train/validation splits (:class:`SplitDataset`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "OPTIONAL_FIELDS",
     "REQUIRED_FIELDS",
     "HPEDataModule",
+    "SplitDataset",
     "build_dataset",
     "collate_samples",
     "mask_key",
@@ -31,6 +33,10 @@ def __getattr__(name: str) -> Any:
         from hpelib.data.datamodule import HPEDataModule
 
         return HPEDataModule
+    if name == "SplitDataset":
+        from hpelib.data.splits import SplitDataset
+
+        return SplitDataset
     if name in ("build_dataset", "DATASETS"):
         from hpelib.data import datasets
 

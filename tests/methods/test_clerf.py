@@ -8,7 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from pytorch_metric_learning.distances import CosineSimilarity
+from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from pytorch_metric_learning.miners import TripletMarginMiner
 
 import hpelib.rotation as hr
@@ -200,26 +200,36 @@ def _clustered(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @pytest.mark.parametrize("kind", ["all", "hard", "semihard"])
-def test_mined_triplets_equal_pml_miner_with_equivalent_labels(kind):
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_mined_triplets_equal_pml_miner_with_equivalent_labels(kind, distance):
+    """The paper's miner is pytorch-metric-learning's TripletMarginMiner with its default
+    LpDistance (Euclidean); cosine is the named option. With rotation masks equal to class
+    equality, hpelib's mining returns exactly the miner's triplets."""
     rotations, labels, emb = _clustered()
     pos, neg = pair_masks(rotations, 0.8)
     assert torch.equal(pos, (labels[:, None] == labels[None]) & ~torch.eye(20, dtype=torch.bool))
-    mine = mine_triplets(emb, pos, neg, margin=0.1, type_of_triplets=kind)
-    ref = TripletMarginMiner(margin=0.1, type_of_triplets=kind, distance=CosineSimilarity())(emb, labels)
+    mine = CLERFContrastiveLoss(margin=0.1, type_of_triplets=kind, distance=distance).indices_tuple(emb, rotations)
+    pml = {"euclidean": LpDistance(), "cosine": CosineSimilarity()}[distance]
+    ref = TripletMarginMiner(margin=0.1, type_of_triplets=kind, distance=pml)(emb, labels)
+    if distance == "euclidean":  # the functional default is the paper's distance too
+        default = mine_triplets(emb, pos, neg, margin=0.1, type_of_triplets=kind)
+        assert all(torch.equal(a, b) for a, b in zip(default, mine, strict=True))
     as_set = lambda t: set(zip(*(x.tolist() for x in t), strict=True))  # noqa: E731
     assert as_set(mine) == as_set(ref) and len(as_set(mine)) > 0
     with pytest.raises(ValueError, match="type_of_triplets"):
         mine_triplets(emb, pos, neg, type_of_triplets="easy")
 
 
-def test_circle_loss_receives_the_intended_triplets():
-    """Hand enumeration of (a, p, n) from rotation labels and embedding margins; the Circle
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_circle_loss_receives_the_intended_triplets(distance):
+    """Hand enumeration of (a, p, n) from rotation labels and embedding margins (Euclidean:
+    ``|a - n| - |a - p| <= v`` on unit embeddings; cosine: ``s_ap - s_an <= v``); the Circle
     loss gets exactly those and its value equals the paper's formula on them."""
     g = torch.Generator().manual_seed(1)
     rotations = hr.random_rotation(6, generator=g)
     rotations = torch.cat([rotations, rotations @ hr.rotation_z(_deg(10.0))])  # generated positives
     emb = torch.randn(12, 5, generator=g, requires_grad=True)
-    loss_fn = CLERFContrastiveLoss(threshold=0.8, margin=0.1, m=0.4, gamma=80.0)
+    loss_fn = CLERFContrastiveLoss(threshold=0.8, margin=0.1, m=0.4, gamma=80.0, distance=distance)
     seen = {}
     original = loss_fn.circle.forward
 
@@ -231,7 +241,10 @@ def test_circle_loss_receives_the_intended_triplets():
     loss, stats = loss_fn(emb, rotations)
     assert seen["labels"] is None  # no class ids anywhere
     e = torch.nn.functional.normalize(emb.detach(), dim=1)
-    sim = e @ e.T
+    # Violation of the margin, as "distance to n minus distance to p".
+    gap = torch.cdist(e, e)[:, None, :] - torch.cdist(e, e)[:, :, None]
+    if distance == "cosine":
+        gap = (e @ e.T)[:, :, None] - (e @ e.T)[:, None, :]
     expected = set()
     for a in range(12):
         for p in range(12):
@@ -240,7 +253,7 @@ def test_circle_loss_receives_the_intended_triplets():
                 continue
             for n in range(12):
                 cos_an = (torch.trace(rotations[a] @ rotations[n].T) - 1) / 2
-                if n != a and cos_an <= 0.8 and sim[a, p] - sim[a, n] <= 0.1:
+                if n != a and cos_an <= 0.8 and gap[a, p, n] <= 0.1:
                     expected.add((a, p, n))
     got = set(zip(*(x.tolist() for x in seen["triplets"]), strict=True))
     assert got == expected and len(expected) > 0 and stats["num_triplets"] == len(expected)

@@ -17,12 +17,15 @@ from hpelib.data.transforms.geometric import (
     MULTIPIE68_MIRROR_PERMUTATION,
     PADDING_MODES,
     GeometricTransform,
+    RandomBoxFraming,
     RandomGeometric,
     RandomHorizontalMirror,
     RandomInPlaneRotation,
     RandomLineFlip,
+    RandomRightAngleRotation,
     RandomScaleTranslate,
     apply_warp,
+    box_view_roi,
     image_center,
     mirror_landmark_order,
     warp_image,
@@ -58,6 +61,7 @@ __all__ = [
     "KorniaPhotometric",
     "PhotometricTransform",
     "RandomCoarseDropout",
+    "RandomBoxFraming",
     "RandomColorJitter",
     "RandomDownsample",
     "RandomGeometric",
@@ -65,9 +69,11 @@ __all__ = [
     "RandomInPlaneRotation",
     "RandomLineFlip",
     "RandomOcclusion",
+    "RandomRightAngleRotation",
     "RandomScaleTranslate",
     "RandomSomeOf",
     "apply_warp",
+    "box_view_roi",
     "build_augmentation",
     "clerf_photometric",
     "face_boxes",
@@ -101,11 +107,14 @@ def build_augmentation(
               the test distribution: each image becomes a new, exactly labelled sample every
               epoch, which is what lets a small model generalise instead of memorising (see
               docs/methods/sixd.md).
-            - ``clerf``: in-plane rotation (p=0.5, 0-90 degrees either way) and the flip
-              across a line at 0-90 degrees (p=0.3), fused into one warp, then
+            - ``clerf``: in-plane rotation (p=0.5, clockwise 0-90 degrees, as CLERF states)
+              and the flip across a line at 0-90 degrees (p=0.3), fused into one warp, then
               :func:`clerf_photometric`.
-            - ``opnet``: ROI jitter (scale 0.9-1.1, shift up to 5 %) and in-plane rotation
-              (p=0.5, up to 30 degrees), fused into one warp, then :func:`opnet_photometric`.
+            - ``opnet``: hpelib's light OpNet-style pipeline for fixed crops: ROI jitter
+              (scale 0.9-1.1, shift up to 5 %) and in-plane rotation (p=0.5, up to 30
+              degrees), fused into one warp, then :func:`opnet_photometric`. The paper's
+              distributions are :class:`hpelib.methods.opnet.OpNetAugmentation` with the
+              crop rule :class:`hpelib.methods.opnet.OpNetCrop`.
         occlusion: if > 0, append :class:`RandomOcclusion` with this probability.
         padding_mode: warp padding, one of :data:`PADDING_MODES`; ``None``: the pipeline's
             default (``reflection`` for ``full_range``, whose rotations by any angle would
@@ -134,7 +143,9 @@ def build_augmentation(
         modules.append(RandomGeometric(geometric, padding_mode=padding_mode))
     elif name == "clerf":
         geometric = [
-            RandomInPlaneRotation(p=0.5, max_degrees=90.0, generator=g),
+            RandomInPlaneRotation(
+                p=0.5, max_degrees=90.0, symmetric=False, clockwise=True, generator=g
+            ),
             RandomLineFlip(p=0.3, max_degrees=90.0, generator=g),
         ]
         modules += [RandomGeometric(geometric, padding_mode=padding_mode), clerf_photometric(g)]

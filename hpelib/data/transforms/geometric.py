@@ -43,12 +43,16 @@ __all__ = [
     "MULTIPIE68_MIRROR_PERMUTATION",
     "PADDING_MODES",
     "GeometricTransform",
+    "RandomBoxFraming",
     "RandomGeometric",
     "RandomHorizontalMirror",
     "RandomInPlaneRotation",
     "RandomLineFlip",
+    "RandomRightAngleRotation",
     "RandomScaleTranslate",
     "apply_warp",
+    "box_view_roi",
+    "check_box_framing",
     "image_center",
     "mirror_landmark_order",
     "warp_image",
@@ -227,6 +231,31 @@ def _check_probability(name: str, p: float) -> float:
     return float(p)
 
 
+def _check_scale_range(scale: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = (float(s) for s in scale)
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"scale={tuple(scale)} must be (low, high) with 0 < low <= high")
+    return lo, hi
+
+
+def check_box_framing(
+    scale_mean: float, scale_std: float, scale_range: tuple[float, float], shift_std: float,
+    max_outside: float,
+) -> tuple[float, float, tuple[float, float], float, float]:  # fmt: skip
+    """Validate the parameters of OpNet's box framing (:class:`RandomBoxFraming`,
+    :class:`hpelib.methods.opnet.OpNetCrop`); returns them as floats."""
+    lo, hi = (float(v) for v in scale_range)
+    if not 0.0 < lo <= scale_mean <= hi:
+        raise ValueError(
+            f"need 0 < scale_range[0] <= scale mean <= scale_range[1], got {scale_mean}, {scale_range}"
+        )
+    if scale_std < 0 or shift_std < 0:
+        raise ValueError(f"scale_std={scale_std} and shift_std={shift_std} must be >= 0")
+    if not 0.0 <= max_outside <= 1.0:
+        raise ValueError(f"max_outside={max_outside} must be in [0, 1]")
+    return float(scale_mean), float(scale_std), (lo, hi), float(shift_std), float(max_outside)
+
+
 class GeometricTransform(nn.Module):
     """Base class: a random similarity warp per sample, applied to image and labels.
 
@@ -280,7 +309,9 @@ class RandomInPlaneRotation(GeometricTransform):
 
     The angle is uniform in ``[min_degrees, max_degrees]`` (counter-clockwise as displayed)
     and, with ``symmetric=True``, its sign is then flipped with probability 1/2, i.e. uniform
-    over ``[-max, -min] u [min, max]``. CLERF: ``p=0.5``, 0-90 degrees; OpNet: up to 30.
+    over ``[-max, -min] u [min, max]``. ``clockwise=True`` (with ``symmetric=False``) turns
+    the image clockwise as displayed instead: uniform in ``[-max, -min]``. CLERF: ``p=0.5``,
+    clockwise 0-90 degrees; OpNet: up to 30 either way.
     """
 
     def __init__(
@@ -292,9 +323,13 @@ class RandomInPlaneRotation(GeometricTransform):
         padding_mode: str = "zeros",
         mode: str = "bilinear",
         generator: torch.Generator | None = None,
+        clockwise: bool = False,
     ) -> None:
         super().__init__(padding_mode, mode, generator)
         self.p = _check_probability("p", p)
+        if clockwise and symmetric:
+            raise ValueError("clockwise=True needs symmetric=False (symmetric draws both senses)")
+        self.clockwise = clockwise
         if not 0.0 <= min_degrees <= max_degrees <= 180.0:
             raise ValueError(
                 f"need 0 <= min_degrees <= max_degrees <= 180, got min_degrees={min_degrees}, "
@@ -309,6 +344,8 @@ class RandomInPlaneRotation(GeometricTransform):
         deg = self.min_degrees + (self.max_degrees - self.min_degrees) * u[:, 1]
         if self.symmetric:
             deg = torch.where(u[:, 2] < 0.5, -deg, deg)
+        elif self.clockwise:
+            deg = -deg  # clockwise as displayed = negative (counter-clockwise) angle
         phi = torch.where(active, torch.deg2rad(deg), torch.zeros_like(deg))
         return ImageWarp.rotation(phi, image_center(h, w, b, torch.float64)), active
 
@@ -371,7 +408,8 @@ class RandomHorizontalMirror(GeometricTransform):
 
 
 class RandomScaleTranslate(GeometricTransform):
-    """Crop jitter (OpNet's ROI scheme): zoom about the image centre by a factor uniform in
+    """Crop jitter (hpelib's light ROI jitter; OpNet's own distribution is
+    :class:`RandomBoxFraming`): zoom about the image centre by a factor uniform in
     ``scale`` (> 1 enlarges the face) and shift by up to ``translate`` times the image size
     in x and y, independently, with probability ``p`` (per sample)."""
 
@@ -386,19 +424,16 @@ class RandomScaleTranslate(GeometricTransform):
     ) -> None:
         super().__init__(padding_mode, mode, generator)
         self.p = _check_probability("p", p)
-        lo, hi = (float(s) for s in scale)
-        if not 0.0 < lo <= hi:
-            raise ValueError(f"scale={tuple(scale)} must be (low, high) with 0 < low <= high")
         if translate < 0:
             raise ValueError(f"translate={translate} must be >= 0")
-        self.scale, self.translate = (lo, hi), float(translate)
+        self.scale, self.translate = _check_scale_range(scale), float(translate)
 
     def sample_warp(self, batch: Batch) -> tuple[ImageWarp, Tensor]:
         b, h, w = self._shape(batch)
         u = _rand((b, 4), self.generator)
         active = u[:, 0] < self.p
         lo, hi = self.scale
-        # Log-uniform would be symmetric in zoom in/out; uniform follows OpNet's scale range.
+        # Uniform in the given range (log-uniform would be symmetric in zoom in/out).
         s = lo + (hi - lo) * u[:, 1]
         size = torch.tensor([w, h], dtype=torch.float64)
         t = (2.0 * u[:, 2:] - 1.0) * self.translate * size
@@ -451,3 +486,119 @@ class RandomGeometric(nn.Module):
         """Warp ``batch`` and its labels with the composed warp; returns a new dict."""
         warp, active = self.sample_warp(batch)
         return apply_warp(batch, warp, self.padding_mode, self.mode, active)
+
+
+def box_view_roi(box: Tensor, scale: Tensor, shift: Tensor, max_outside: float = 0.3) -> Tensor:
+    """OpNet's view ROI around face boxes: a square of side ``max(w, h) * scale`` centred on
+    the box centre, moved by ``shift`` times the room that keeps the box in view.
+
+    The room along x is ``0.5 |side - w| + max_outside * min(side, w)`` (y alike): with
+    ``|shift| <= 1`` at most ``max_outside`` of the box's width (height) leaves the view,
+    so at least ``1 - max_outside`` of it stays visible along each axis (the released
+    code's ``_compute_view_roi``).
+
+    Args:
+        box: ``(B, 4)`` face boxes x0, y0, x1, y1.
+        scale: ``(B,)`` view side relative to the box's longer side.
+        shift: ``(B, 2)`` in ``[-1, 1]``: fraction of the room, x and y.
+        max_outside: fraction of the box allowed outside the view per axis, in ``[0, 1]``.
+
+    Returns:
+        ``(B, 4)`` view boxes x0, y0, x1, y1 (square).
+    """
+    if not 0.0 <= max_outside <= 1.0:
+        raise ValueError(f"max_outside={max_outside} must be in [0, 1]")
+    wh = box[:, 2:] - box[:, :2]
+    side = wh.amax(-1) * scale
+    room = 0.5 * (side[:, None] - wh).abs() + max_outside * torch.minimum(side[:, None], wh)
+    centre = 0.5 * (box[:, :2] + box[:, 2:]) + shift * room
+    half = 0.5 * side[:, None]
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def _clipped_normal(
+    shape: tuple[int, ...], mean: float, std: float, low: float, high: float,
+    generator: torch.Generator | None,
+) -> Tensor:  # fmt: skip
+    """``clip(N(mean, std^2), low, high)`` in float64 on the CPU."""
+    z = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return (mean + std * z).clamp(low, high)
+
+
+class RandomBoxFraming(GeometricTransform):
+    """Re-frame each image around its face box (OpNet's ROI augmentation), per sample with
+    probability ``p``: the view is :func:`box_view_roi` with scale ``clip(N(scale_mean,
+    scale_std^2), *scale_range)`` and shift ``clip(N(0, shift_std^2), -1, 1)`` per axis, and
+    it is warped onto the whole image (labels follow). Samples without a face box (no
+    ``box`` key, or ``has_box`` False) are framed around the box ``image / scale_mean`` about
+    the image centre, so their mean framing is the input's.
+
+    The view's pixels come from the input image: where it leaves the input crop they are
+    padding (``padding_mode``). For the paper's framing from the full image use the crop
+    rule :class:`hpelib.methods.opnet.OpNetCrop` in the dataset instead.
+    """
+
+    def __init__(
+        self,
+        scale_mean: float = 1.1,
+        scale_std: float = 0.1,
+        scale_range: tuple[float, float] = (0.6, 1.6),
+        shift_std: float = 0.5,
+        max_outside: float = 0.3,
+        p: float = 1.0,
+        padding_mode: str = "zeros",
+        mode: str = "bilinear",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(padding_mode, mode, generator)
+        self.p = _check_probability("p", p)
+        (self.scale_mean, self.scale_std, self.scale_range, self.shift_std, self.max_outside) = (
+            check_box_framing(scale_mean, scale_std, scale_range, shift_std, max_outside)
+        )
+
+    def sample_warp(self, batch: Batch) -> tuple[ImageWarp, Tensor]:
+        b, h, w = self._shape(batch)
+        active = _rand((b,), self.generator) < self.p
+        scale = _clipped_normal(
+            (b,), self.scale_mean, self.scale_std, *self.scale_range, self.generator
+        )
+        shift = _clipped_normal((b, 2), 0.0, self.shift_std, -1.0, 1.0, self.generator)
+        centre = image_center(h, w, b, torch.float64)
+        half = torch.tensor([w, h], dtype=torch.float64) / (2.0 * self.scale_mean)
+        box = torch.cat([centre - half, centre + half], dim=-1)
+        if "box" in batch:
+            given = batch["box"].detach().to("cpu", torch.float64)
+            has = batch.get("has_box")
+            ok = torch.ones(b, dtype=torch.bool) if has is None else has.detach().cpu().bool()
+            box = torch.where(ok[:, None], given, box)
+        view = box_view_roi(box, scale, shift, self.max_outside)
+        # The view's centre goes to the image centre and its width to the image width.
+        zoom = w / (view[:, 2] - view[:, 0]).clamp_min(1e-6)
+        view_centre = 0.5 * (view[:, :2] + view[:, 2:])
+        zoom = torch.where(active, zoom, torch.ones_like(zoom))
+        move = torch.where(active[:, None], centre - view_centre, torch.zeros_like(centre))
+        return ImageWarp.scale_translate(zoom, move, view_centre), active
+
+
+class RandomRightAngleRotation(GeometricTransform):
+    """Turn each image by 90 degrees about its centre with probability ``p`` (per sample),
+    clockwise or counter-clockwise with probability ``p / 2`` each (OpNet: ``p = 0.01``).
+    Exact on square images (pixels map onto pixels)."""
+
+    def __init__(
+        self,
+        p: float = 0.01,
+        padding_mode: str = "zeros",
+        mode: str = "bilinear",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(padding_mode, mode, generator)
+        self.p = _check_probability("p", p)
+
+    def sample_warp(self, batch: Batch) -> tuple[ImageWarp, Tensor]:
+        b, h, w = self._shape(batch)
+        u = _rand((b, 2), self.generator)
+        active = u[:, 0] < self.p
+        sign = torch.where(u[:, 1] < 0.5, -1.0, 1.0).to(torch.float64)
+        phi = torch.where(active, sign * (torch.pi / 2.0), torch.zeros_like(sign))
+        return ImageWarp.rotation(phi, image_center(h, w, b, torch.float64)), active

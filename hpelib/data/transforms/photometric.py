@@ -7,7 +7,9 @@ Every transform here is an ``nn.Module`` taking and returning a batch dict; only
 wrapped kornia augmentations come from torch's global RNG (kornia takes no generator), so
 ``torch.manual_seed`` / Lightning's ``seed_everything`` makes the whole pipeline repeatable.
 
-Presets: :func:`clerf_photometric` (CLERF's list) and :func:`opnet_photometric` (OpNet's).
+Presets: :func:`clerf_photometric` (CLERF's list) and :func:`opnet_photometric` (OpNet's
+operations with hpelib's ranges; the released code's values are
+:func:`hpelib.methods.opnet.opnet_intensity`).
 """
 
 from __future__ import annotations
@@ -375,7 +377,9 @@ def opnet_photometric(
     op_probability: float = 0.2,
     generator: torch.Generator | None = None,
 ) -> nn.Sequential:
-    """OpNet's photometric augmentation.
+    """OpNet's photometric operations with hpelib's ranges (the pipeline of
+    ``build_augmentation("opnet")``). The released code's ranges and per-operation
+    probabilities are :func:`hpelib.methods.opnet.opnet_intensity`.
 
     Per sample 4 of {equalize, posterize, gamma, contrast, brightness, blur} are chosen,
     each then applied with probability ``op_probability``; then Gaussian noise of sigma

@@ -1,16 +1,22 @@
 """CLERF (Wei et al.): contrastive representation learning for full-range head pose
 estimation, with generated anchor-positives, and its supervised ablation."""
 
+from hpelib.methods.clerf.early_stopping import PoseEarlyStopping
 from hpelib.methods.clerf.loss import (
+    MINING_DISTANCES,
     CLERFContrastiveLoss,
     geodesic_cosine,
     mine_triplets,
+    mining_distance,
     pair_masks,
 )
 from hpelib.methods.clerf.model import CLERFEncoder, CLERFNet, PoseMLP
 from hpelib.methods.clerf.module import CLERF, CLERFSupervised
 from hpelib.methods.clerf.positives import (
+    ROTATION_SENSES,
+    SHARED_AUGMENTATIONS,
     AnchorPositiveDataset,
+    CLERFPaperAugmentation,
     CLERFPhotometric,
     FolderPositiveSource,
     PositiveSource,
@@ -22,13 +28,18 @@ from hpelib.methods.clerf.positives import (
 
 __all__ = [
     "CLERF",
+    "MINING_DISTANCES",
+    "ROTATION_SENSES",
+    "SHARED_AUGMENTATIONS",
     "AnchorPositiveDataset",
     "CLERFContrastiveLoss",
     "CLERFEncoder",
     "CLERFNet",
+    "CLERFPaperAugmentation",
     "CLERFPhotometric",
     "CLERFSupervised",
     "FolderPositiveSource",
+    "PoseEarlyStopping",
     "PoseMLP",
     "PositiveSource",
     "SharedGeometricAugmentation",
@@ -36,6 +47,7 @@ __all__ = [
     "geodesic_cosine",
     "make_positives",
     "mine_triplets",
+    "mining_distance",
     "pair_masks",
     "split_roll",
 ]

@@ -6,6 +6,10 @@ their geodesic similarity ``cos d(R, R') = (tr(R R'^T) - 1) / 2`` exceeds ``T_GD
 negative violates the margin ``v`` (0.1) in embedding space (hard and semi-hard negatives),
 and the Circle loss (Sun et al., m = 0.4, gamma = 80) of pytorch-metric-learning is applied
 to exactly those triplets through its ``indices_tuple`` argument: class labels never enter.
+
+The mining distance is Euclidean, as in the paper (pytorch-metric-learning's ``LpDistance``:
+L2 distance of L2-normalised embeddings, the default distance of its ``TripletMarginMiner``);
+``cosine`` (``CosineSimilarity``, the Circle loss's own similarity) is a named option.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pytorch_metric_learning.distances import BaseDistance, CosineSimilarity
+from pytorch_metric_learning.distances import BaseDistance, CosineSimilarity, LpDistance
 from pytorch_metric_learning.losses import CircleLoss
 from torch import Tensor, nn
 
 __all__ = [
+    "MINING_DISTANCES",
     "TRIPLET_TYPES",
     "CLERFContrastiveLoss",
     "geodesic_cosine",
     "mine_triplets",
+    "mining_distance",
     "pair_masks",
 ]
 
@@ -30,6 +36,21 @@ __all__ = [
 #: setting), ``hard`` = negative closer than the positive, ``semihard`` = negative farther
 #: than the positive but within the margin.
 TRIPLET_TYPES: tuple[str, ...] = ("all", "hard", "semihard")
+
+#: Embedding distances of the negative mining: ``euclidean`` (the paper's; ``LpDistance()``,
+#: L2 on normalised embeddings) or ``cosine`` (``CosineSimilarity()``: the same ordering of
+#: pairs, since ``|a - b|^2 = 2 - 2 cos`` for unit vectors, but the margin ``v`` is measured
+#: in cosine instead of Euclidean units, so it keeps a different set of triplets).
+MINING_DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
+
+
+def mining_distance(name: str) -> BaseDistance:
+    """The pytorch-metric-learning distance named ``name`` (one of :data:`MINING_DISTANCES`)."""
+    if name == "euclidean":
+        return LpDistance()
+    if name == "cosine":
+        return CosineSimilarity()
+    raise ValueError(f"mining distance={name!r} is not one of {MINING_DISTANCES}")
 
 
 def geodesic_cosine(rotations: Tensor, others: Tensor | None = None) -> Tensor:
@@ -96,15 +117,15 @@ def mine_triplets(
         positive, negative: ``(N, N)`` bool pair masks (e.g. from :func:`pair_masks`).
         margin: ``v`` (0.1 in the paper).
         type_of_triplets: one of :data:`TRIPLET_TYPES`.
-        distance: a pytorch-metric-learning distance (default ``CosineSimilarity()``, the
-            Circle loss's own).
+        distance: a pytorch-metric-learning distance (default ``LpDistance()``, the
+            paper's Euclidean distance and ``TripletMarginMiner``'s default).
 
     Returns:
         three ``(T,)`` int64 tensors of anchor, positive and negative indices.
     """
     if type_of_triplets not in TRIPLET_TYPES:
         raise ValueError(f"type_of_triplets={type_of_triplets!r} is not one of {TRIPLET_TYPES}")
-    distance = CosineSimilarity() if distance is None else distance
+    distance = LpDistance() if distance is None else distance
     with torch.no_grad():
         mat = distance(embeddings.detach())
         a, p, n = torch.nonzero(positive[:, :, None] & negative[:, None, :], as_tuple=True)
@@ -129,6 +150,8 @@ class CLERFContrastiveLoss(nn.Module):
         margin: mining margin ``v`` (0.1).
         type_of_triplets: see :data:`TRIPLET_TYPES` (``all`` = hard + semi-hard).
         m, gamma: Circle loss relaxation and scale (0.4, 80).
+        distance: embedding distance of the mining, one of :data:`MINING_DISTANCES`
+            (``euclidean``, the paper's); the Circle loss itself always uses cosine similarity.
     """
 
     def __init__(
@@ -138,6 +161,7 @@ class CLERFContrastiveLoss(nn.Module):
         type_of_triplets: str = "all",
         m: float = 0.4,
         gamma: float = 80.0,
+        distance: str = "euclidean",
     ) -> None:
         super().__init__()
         if type_of_triplets not in TRIPLET_TYPES:
@@ -145,8 +169,8 @@ class CLERFContrastiveLoss(nn.Module):
         if not -1.0 <= threshold < 1.0:
             raise ValueError(f"threshold T_GD must be in [-1, 1), got {threshold}")
         self.threshold, self.margin, self.type_of_triplets = threshold, margin, type_of_triplets
-        self.distance = CosineSimilarity()
-        self.circle = CircleLoss(m=m, gamma=gamma, distance=self.distance)
+        self.distance = mining_distance(distance)
+        self.circle = CircleLoss(m=m, gamma=gamma, distance=CosineSimilarity())
 
     def indices_tuple(
         self, embeddings: Tensor, rotations: Tensor, valid: Tensor | None = None

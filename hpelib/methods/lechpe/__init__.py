@@ -1,5 +1,6 @@
 """LEC-HPE (Celestino et al.): latent embedding clustering for occlusion-robust head pose."""
 
+from hpelib.methods.lechpe.augmentation import LECHPEAugmentation, NearestResample, PILBlur
 from hpelib.methods.lechpe.loss import (
     angle_loss,
     angle_to_bin,
@@ -15,7 +16,10 @@ from hpelib.methods.lechpe.module import LECHPE
 __all__ = [
     "LECHPE",
     "ClusteringLayer",
+    "LECHPEAugmentation",
     "LECHPENet",
+    "NearestResample",
+    "PILBlur",
     "angle_loss",
     "angle_to_bin",
     "bin_edges",

@@ -12,7 +12,8 @@ latent embedding size. Angles are degrees in the ``"300wlp"`` order (pitch, yaw,
 * ``L_angle = L_class + alpha * L_reg`` (cross-entropy + MSE of the expected angle).
 * DEC clustering: ``q_ij = (1 + |l_i - c_j|^2 / a)^(-(a + 1) / 2)`` normalised over ``j``
   (Student's t kernel, ``a = 1`` in DEC and LEC-HPE); ``p_ij = (q_ij^2 / f_j)`` normalised
-  over ``j`` with ``f_j = sum_i q_ij``; ``L_cluster = KL(P || Q) = sum_ij p_ij log(p_ij / q_ij)``.
+  over ``j`` with ``f_j = sum_i q_ij``; ``L_cluster = KL(P || Q) = sum_ij p_ij log(p_ij / q_ij)``
+  (summed over the samples ``i`` as in the paper, or averaged: ``reduction``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hpelib.nn import masked_mean
 
 __all__ = [
     "EXPECTATION_FORMS",
+    "KL_REDUCTIONS",
     "angle_loss",
     "angle_to_bin",
     "bin_edges",
@@ -37,6 +39,9 @@ __all__ = [
 #: ``"centered"``: the paper's ``r * sum S_i (i - (1 + C)/2)`` (bin centres, the default);
 #: ``"left_edge"``: HopeNet's released ``3 * sum S_i i - 99`` (bin left edges).
 EXPECTATION_FORMS: tuple[str, ...] = ("centered", "left_edge")
+#: Reduction of ``KL(P || Q)`` over the samples: ``"sum"`` (the paper's ``sum_i sum_j``) or
+#: ``"mean"`` (per sample: ``beta`` then does not depend on the batch size).
+KL_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 
 
 def bin_edges(num_bins: int = 66, width: float = 3.0, low: float = -99.0) -> Tensor:
@@ -108,7 +113,9 @@ def angle_loss(
     """
     b, a, c = logits.shape
     classes, valid = angle_to_bin(angles, c, width, low)
-    selected = torch.ones(b, dtype=torch.bool, device=logits.device) if mask is None else mask.bool()
+    selected = (
+        torch.ones(b, dtype=torch.bool, device=logits.device) if mask is None else mask.bool()
+    )
     if bool((selected[:, None] & ~valid).any()):
         bad = angles[selected[:, None].expand_as(valid) & ~valid]
         raise ValueError(
@@ -135,31 +142,52 @@ def soft_assignment(embeddings: Tensor, centroids: Tensor, dof: float = 1.0) -> 
 
 
 @torch.no_grad()
-def target_distribution(q: Tensor, eps: float = 1e-12) -> Tensor:
+def target_distribution(q: Tensor, frequencies: Tensor | None = None, eps: float = 1e-12) -> Tensor:
     """DEC auxiliary target ``q (B, K) -> p (B, K)``, rows summing to 1, no gradient.
 
     ``p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j')`` with the soft cluster frequencies
     ``f_j = sum_i q_ij``: squaring sharpens each row, dividing by ``f_j`` stops large
     clusters from absorbing everything.
+
+    Args:
+        q: ``(B, K)`` soft assignments.
+        frequencies: ``(K,)`` soft cluster frequencies ``f_j`` summed over more samples than
+            ``q`` holds (under DDP: the global batch of all ranks); None: ``q.sum(0)``.
     """
-    weight = q.pow(2) / q.sum(dim=0, keepdim=True).clamp_min(eps)
+    f = q.sum(dim=0) if frequencies is None else frequencies.to(q)
+    weight = q.pow(2) / f[None, :].clamp_min(eps)
     return weight / weight.sum(dim=1, keepdim=True).clamp_min(eps)
 
 
-def cluster_kl_loss(p: Tensor, q: Tensor, mask: Tensor | None = None, eps: float = 1e-12) -> Tensor:
-    """``L_cluster = KL(P || Q) = sum_j p_ij log(p_ij / q_ij)``, averaged over samples.
+def cluster_kl_loss(
+    p: Tensor,
+    q: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "sum",
+    eps: float = 1e-12,
+) -> Tensor:
+    """``L_cluster = KL(P || Q) = sum_i sum_j p_ij log(p_ij / q_ij)``.
 
     Args:
         p: ``(B, K)`` target (no gradient), rows summing to 1.
         q: ``(B, K)`` soft assignments, rows summing to 1.
-        mask: ``(B,)`` samples to average over (None: all). DEC sums over the dataset; the
-            per-sample mean (``"batchmean"``) keeps ``beta`` independent of the batch size.
+        mask: ``(B,)`` samples that count (None: all).
+        reduction: over the samples ``i``: ``"sum"`` (the paper's and DEC's
+            ``sum_i sum_j``) or ``"mean"`` (per-sample mean, which divides the term by the
+            number of samples ``B``: ``beta`` under ``"mean"`` equals ``beta / B`` under
+            ``"sum"``), see :data:`KL_REDUCTIONS`.
 
     Returns:
         Scalar ``>= 0``, exactly 0 when ``p == q``.
     """
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"kl reduction={reduction!r} is not one of {KL_REDUCTIONS}")
     # One log-ratio per entry, so identical P and Q cancel exactly (xlogy(p, p) - p log q can
     # differ by rounding between the two kernels); empty target entries count 0 (0 log 0 = 0).
     log_ratio = torch.log(p.clamp_min(eps)) - torch.log(q.clamp_min(eps))
     per_sample = torch.where(p > 0, p * log_ratio, torch.zeros_like(p)).sum(dim=-1)
-    return masked_mean(per_sample, mask)
+    if reduction == "mean":
+        return masked_mean(per_sample, mask)
+    if mask is None:
+        return per_sample.sum()
+    return torch.where(mask.bool(), per_sample, torch.zeros_like(per_sample)).sum()

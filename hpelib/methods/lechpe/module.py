@@ -5,10 +5,12 @@ Two stages, one run (with :class:`hpelib.callbacks.StageSwitch` and
 :class:`hpelib.callbacks.KMeansCentroidInit`) or two runs (``stage: 2`` plus
 ``init_weights`` pointing at the stage-1 checkpoint):
 
-1. ``L = sum_angles L_angle`` on non-occluded samples only (``batch["occluded"]`` False or
-   unknown);
+1. ``L = sum_angles L_angle`` on clean faces only: the datamodule's
+   :class:`~hpelib.data.transforms.RandomOcclusion` draws nothing in stage 1
+   (``stage1_occlusion="none"``), and samples the dataset itself flags ``occluded`` are left
+   out of the loss;
 2. centroids initialised by k-means on the embeddings of the training set, then
-   ``L = sum_angles L_angle + beta * L_cluster`` on all samples.
+   ``L = sum_angles L_angle + beta * L_cluster`` on all samples, occluded ones included.
 
 The stage and whether the centroids were initialised are buffers, so they travel with every
 checkpoint and a run resumed mid-stage continues in the right stage without re-running
@@ -26,9 +28,11 @@ from torch import Tensor
 from hpelib.callbacks.stages import enable_unused_parameter_detection
 from hpelib.checkpoint_io import read_checkpoint
 from hpelib.data.sample import mask_key
+from hpelib.data.transforms.occlusion import RandomOcclusion
 from hpelib.methods.base import HPEModule
 from hpelib.methods.lechpe.loss import (
     EXPECTATION_FORMS,
+    KL_REDUCTIONS,
     angle_loss,
     angle_to_bin,
     cluster_kl_loss,
@@ -37,14 +41,19 @@ from hpelib.methods.lechpe.loss import (
     target_distribution,
 )
 from hpelib.methods.lechpe.model import LECHPENet
+from hpelib.metrics.pose import same_euler_convention
 from hpelib.rotation import euler_to_rotation, rotation_to_euler
 
-__all__ = ["LECHPE", "OUT_OF_RANGE_POLICIES", "STAGES"]
+__all__ = ["LECHPE", "OUT_OF_RANGE_POLICIES", "STAGE1_OCCLUSION", "STAGES"]
 
 #: How labels outside the bin range are handled: drop them from the angle losses, or raise.
 OUT_OF_RANGE_POLICIES: tuple[str, ...] = ("mask", "error")
 #: The training stages of LEC-HPE.
 STAGES: tuple[int, ...] = (1, 2)
+#: Training-time occlusion in stage 1: ``"none"`` (the paper: stage 1 sees clean faces only,
+#: the occlusion augmentation draws from stage 2 on) or ``"masked"`` (occluders drawn in both
+#: stages, occluded samples left out of the stage-1 loss: fewer clean samples per batch).
+STAGE1_OCCLUSION: tuple[str, ...] = ("none", "masked")
 
 # The binned branches follow the 300W-LP Euler angles (pitch, yaw, roll), like HopeNet.
 _CONVENTION = "300wlp"
@@ -77,7 +86,16 @@ class LECHPE(HPEModule):
         expectation: ``"centered"`` (paper: ``r * sum S_i (i - (1 + C)/2)``) or
             ``"left_edge"`` (HopeNet's released ``3 * sum S_i i - 99``).
         alpha: weight of the MSE term, ``L_angle = L_class + alpha * L_reg`` (1).
-        beta: weight of ``L_cluster`` in stage 2 (100).
+        beta: weight of ``L_cluster`` in stage 2 (100, with ``kl_reduction="sum"``).
+        kl_reduction: ``"sum"`` (the paper's ``KL(P || Q) = sum_i sum_j``, summed over the
+            samples of the per-device batch) or ``"mean"`` (averaged over the samples, so
+            ``beta`` does not depend on the batch size; ``beta`` under ``"mean"`` equals
+            ``beta / B`` under ``"sum"`` for a batch of ``B``).
+        stage1_occlusion: ``"none"`` (the paper: every
+            :class:`~hpelib.data.transforms.RandomOcclusion` in the datamodule's training
+            augmentation is switched off in stage 1, so stage-1 batches hold clean faces
+            only) or ``"masked"`` (occluders drawn in both stages, occluded samples left out
+            of the stage-1 loss, as hpelib did before; kept for runs that must match those).
         num_clusters: number of centroids ``K`` (10).
         dof: Student's t degrees of freedom of the soft assignment (1).
         target_update_interval: refresh of DEC's target distribution ``P``: 1 (default)
@@ -112,6 +130,8 @@ class LECHPE(HPEModule):
         expectation: str = "centered",
         alpha: float = 1.0,
         beta: float = 100.0,
+        kl_reduction: str = "sum",
+        stage1_occlusion: str = "none",
         num_clusters: int = 10,
         dof: float = 1.0,
         target_update_interval: int = 1,
@@ -128,6 +148,12 @@ class LECHPE(HPEModule):
             raise ValueError(f"out_of_range={out_of_range!r} is not one of {OUT_OF_RANGE_POLICIES}")
         if stage not in STAGES:
             raise ValueError(f"stage={stage!r} is not one of {STAGES}")
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"kl_reduction={kl_reduction!r} is not one of {KL_REDUCTIONS}")
+        if stage1_occlusion not in STAGE1_OCCLUSION:
+            raise ValueError(
+                f"stage1_occlusion={stage1_occlusion!r} is not one of {STAGE1_OCCLUSION}"
+            )
         if target_update_interval < 1:
             raise ValueError(f"target_update_interval={target_update_interval} must be >= 1")
         if bin_width <= 0:
@@ -136,12 +162,22 @@ class LECHPE(HPEModule):
             raise ValueError(f"alpha={alpha} and beta={beta} must be >= 0")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.model = LECHPENet(
-            backbone, pretrained, checkpoint_path, embedding_dim, num_bins, num_clusters, dof,
+            backbone,
+            pretrained,
+            checkpoint_path,
+            embedding_dim,
+            num_bins,
+            num_clusters,
+            dof,
             backbone_kwargs,
         )
         self.bin_width, self.angle_min = float(bin_width), float(angle_min)
         self.expectation = expectation
         self.alpha, self.beta = float(alpha), float(beta)
+        self.kl_reduction, self.stage1_occlusion = kl_reduction, stage1_occlusion
+        # Configured probability of each gated RandomOcclusion, by id() (a plain dict keeps
+        # the module picklable); emptied when the fit ends.
+        self._occlusion_p: dict[int, float] = {}
         self.target_update_interval = int(target_update_interval)
         self.out_of_range = out_of_range
         # Buffers, not attributes: they are saved in (and restored from) every checkpoint.
@@ -171,6 +207,38 @@ class LECHPE(HPEModule):
         if stage not in STAGES:
             raise ValueError(f"stage={stage!r} is not one of {STAGES}")
         self._stage.fill_(int(stage))
+        # Here, not at epoch start: KMeansCentroidInit embeds the stage-2 data (occluders
+        # included) right after StageSwitch calls this, before the module's epoch hook.
+        self._gate_training_occlusion()
+
+    # ----------------------------------------------------------------- stage-1 data
+    def _training_occlusions(self) -> list[RandomOcclusion]:
+        """The :class:`RandomOcclusion` modules of the datamodule's training augmentation."""
+        augmentation = getattr(getattr(self._trainer, "datamodule", None), "augmentation", None)
+        if not isinstance(augmentation, torch.nn.Module):
+            return []
+        return [m for m in augmentation.modules() if isinstance(m, RandomOcclusion)]
+
+    def _gate_training_occlusion(self, restore: bool = False) -> None:
+        """Occluders are drawn in stage 2 only (``stage1_occlusion="none"``): each
+        RandomOcclusion's ``p`` is 0 in stage 1 and its configured value otherwise."""
+        for occlusion in self._training_occlusions():
+            configured = self._occlusion_p.setdefault(id(occlusion), occlusion.p)
+            drawn = restore or self.stage == 2 or self.stage1_occlusion == "masked"
+            occlusion.p = configured if drawn else 0.0
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._gate_training_occlusion()
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._gate_training_occlusion()
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        self._gate_training_occlusion(restore=True)
+        self._occlusion_p.clear()
 
     @property
     def centroids(self) -> Tensor:
@@ -222,6 +290,20 @@ class LECHPE(HPEModule):
         out["rotation"] = euler_to_rotation(angles, _CONVENTION, degrees=True)
         return out
 
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """As :meth:`HPEModule.predict_step`, but ``euler_deg`` is the binned branches' own
+        angles when ``euler_convention`` is theirs: decomposing ``rotation`` would fold
+        ``|yaw| > 90`` (a predicted yaw of 92 would come back as 88 with pitch and roll
+        turned by 180)."""
+        outputs = super().predict_step(batch, batch_idx, dataloader_idx)
+        if same_euler_convention(self.euler_convention, _CONVENTION):
+            outputs["euler_deg"] = expected_angle(
+                outputs["logits"], self.bin_width, self.angle_min, self.expectation
+            )
+        return outputs
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # DEC's periodic target: P is computed against centroids frozen for N steps.
         if (
@@ -255,6 +337,16 @@ class LECHPE(HPEModule):
         if self.stage == 1:
             mask = mask & ~_batch_mask(batch, "occluded", False, b, device)
         return mask
+
+    def _global_frequencies(self, q: Tensor) -> Tensor:
+        """Soft cluster frequencies ``f_j = sum_i q_ij`` over the samples of every rank
+        (``(B, K) -> (K,)``): under DDP each rank's target P is then the one a single device
+        computes on the global batch."""
+        frequencies = q.detach().sum(dim=0)
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            frequencies = self.all_gather(frequencies).reshape(-1, frequencies.shape[0]).sum(0)
+        return frequencies
 
     def compute_loss(
         self, outputs: dict[str, Tensor], batch: dict[str, Any]
@@ -294,8 +386,8 @@ class LECHPE(HPEModule):
             q_target = soft_assignment(
                 outputs["embedding"].detach(), reference.detach(), self.model.clustering.dof
             )
-            p = target_distribution(q_target)
-            l_cluster = cluster_kl_loss(p, q)
+            p = target_distribution(q_target, self._global_frequencies(q_target))
+            l_cluster = cluster_kl_loss(p, q, reduction=self.kl_reduction)
             loss = loss + self.beta * l_cluster
             parts["cluster_loss"] = l_cluster.detach()
         return loss, parts

@@ -1,5 +1,6 @@
 """OpNet (Welter, "On the power of data augmentation for head pose estimation", 2024)."""
 
+from hpelib.methods.opnet.augmentation import OpNetAugmentation, OpNetCrop, opnet_intensity
 from hpelib.methods.opnet.loss import (
     DEFAULT_LOSS_WEIGHTS,
     DEFAULT_NLL_TOTAL_WEIGHT,
@@ -31,12 +32,15 @@ __all__ = [
     "CovarianceHead",
     "DeformableKeypoints",
     "OpNet",
+    "OpNetAugmentation",
+    "OpNetCrop",
     "OpNetModel",
     "WarmupStepLR",
     "denormalize_points",
     "fit_keypoint_model",
     "landmark_weights",
     "normalize_points",
+    "opnet_intensity",
     "quaternion_distance",
     "rotation_nll",
     "smoothclip",

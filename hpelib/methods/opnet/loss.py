@@ -1,6 +1,6 @@
 """OpNet's losses as small pure functions, each returning one value per sample ``(B,)``.
 
-The total (paper eq. 6) is
+The total is
 
     L = 1/B * sum_b [ sum_i alpha_i m_ib L_i(b) + beta_total * sum_i beta_i m_ib NLL_i(b) ]
 
@@ -95,7 +95,7 @@ def quaternion_rotation_vector(q: Tensor) -> Tensor:
 
 
 def rotation_nll(pred_quat: Tensor, target_quat: Tensor, scale_tril: Tensor) -> Tensor:
-    """``NLL_rot = -log N(r; 0, Sigma)``, ``r = 2 Im log(q_hat^-1 q)`` (paper eq. 4) -> ``(B,)``.
+    """``NLL_rot = -log N(r; 0, Sigma)``, ``r = 2 Im log(q_hat^-1 q)`` -> ``(B,)``.
 
     ``r`` is the rotation vector of the error in the predicted head frame; ``Sigma =
     scale_tril @ scale_tril^T`` ``(B, 3, 3)``. The paper writes ``Im log`` (half the
@@ -171,7 +171,7 @@ def combine_losses(
     nll_weights: Mapping[str, float],
     nll_total_weight: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Paper eq. 6 over per-sample terms ``{name: (values (B,), mask (B,))}``.
+    """The total loss over per-sample terms ``{name: (values (B,), mask (B,))}``.
 
     Returns the total (sum over samples divided by the full batch size ``B``, so a masked
     sample contributes 0) and, for logging, each term's mean over its labelled samples.

@@ -7,7 +7,7 @@ coordinates**: ``u_n = (u - (W - 1) / 2) / (W / 2)`` (so the crop spans about [-
 see :func:`normalize_points`. The head "size" is the head radius (half the head height) in
 the same unit, and the deformable keypoint model is in head-radius units, so
 
-    landmarks_3d = [x, y, 0] + size * R @ (mean + basis @ shape_params)        (OpNet eq. 2)
+    landmarks_3d = [x, y, 0] + size * R @ (mean + basis @ shape_params)
 
 with ``R`` the predicted rotation (hpelib's internal convention, which is OpNet's quaternion
 frame, see :func:`hpelib.rotation.rotation_from_opnet_quaternion`).

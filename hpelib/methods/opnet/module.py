@@ -1,4 +1,4 @@
-"""OpNet (Welter 2024) as an hpelib method: multi-task heads + uncertainty, paper eq. 6 loss."""
+"""OpNet (Welter 2024) as an hpelib method: multi-task heads, uncertainty and the weighted multi-task loss."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def _mask(batch: Mapping[str, Any], key: str, n: int, device: torch.device) -> T
     return torch.ones(n, dtype=torch.bool, device=device) if m is None else m.to(device).bool()
 
 
-def _check_weights(given: Mapping[str, float] | None, default: Mapping[str, float], what: str) -> dict[str, float]:
+def _check_weights(
+    given: Mapping[str, float] | None, default: Mapping[str, float], what: str
+) -> dict[str, float]:
     weights = dict(default)
     for name, value in (given or {}).items():
         if name not in default:
@@ -77,6 +79,10 @@ class OpNet(HPEModule):
             (:func:`~hpelib.methods.opnet.loss.landmark_weights`).
         backbone_kwargs: further timm constructor arguments of the backbone (see
             :func:`hpelib.nn.create_backbone`).
+        grad_clip_max_abs: if set, gradients are rescaled so that their largest absolute
+            entry (the inf-norm over all parameters) is at most this, before every optimiser
+            step (the released training loop: ``clip_grad_norm_(..., 0.1, norm_type=inf)``).
+            Lightning's ``gradient_clip_val`` (a 2-norm or per-value clip) is used when None.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -101,17 +107,23 @@ class OpNet(HPEModule):
         landmark_jaw_weight: float = 0.8,
         landmark_eye_weight: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
+        grad_clip_max_abs: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         if covariance_form not in COVARIANCE_FORMS:
-            raise ValueError(f"covariance_form={covariance_form!r} is not one of {COVARIANCE_FORMS}")
+            raise ValueError(
+                f"covariance_form={covariance_form!r} is not one of {COVARIANCE_FORMS}"
+            )
         if shape_target not in SHAPE_TARGETS:
             raise ValueError(f"shape_target={shape_target!r} is not one of {SHAPE_TARGETS}")
         self.loss_weights = _check_weights(loss_weights, L.DEFAULT_LOSS_WEIGHTS, "loss_weights key")
         self.nll_weights = _check_weights(nll_weights, L.DEFAULT_NLL_WEIGHTS, "nll_weights key")
         self.nll_total_weight = float(nll_total_weight)
+        if grad_clip_max_abs is not None and grad_clip_max_abs <= 0:
+            raise ValueError(f"grad_clip_max_abs must be > 0 or None, got {grad_clip_max_abs}")
+        self.grad_clip_max_abs = grad_clip_max_abs
         self.shape_target = shape_target
         keypoints = self._build_keypoints(keypoint_model, num_shape_params, learn_keypoint_model)
         self.model = OpNetModel(
@@ -119,7 +131,9 @@ class OpNet(HPEModule):
             covariance_form, covariance_eps, uncertainty_batchnorm, backbone_kwargs,
         )  # fmt: skip
         self.register_buffer(
-            "landmark_weights", L.landmark_weights(landmark_jaw_weight, landmark_eye_weight), persistent=False
+            "landmark_weights",
+            L.landmark_weights(landmark_jaw_weight, landmark_eye_weight),
+            persistent=False,
         )
 
     @staticmethod
@@ -154,12 +168,21 @@ class OpNet(HPEModule):
         n, dev = image.shape[0], image.device
         h, w = image.shape[-2:]
         out: dict[str, tuple[Tensor, Tensor]] = {
-            "quat": (quaternion_from_rotation(batch["rotation"].to(dev).float()), _mask(batch, "rotation", n, dev)),
+            "quat": (
+                quaternion_from_rotation(batch["rotation"].to(dev).float()),
+                _mask(batch, "rotation", n, dev),
+            ),
         }
         if "head_center" in batch:
-            out["xy"] = (normalize_points(batch["head_center"].float(), h, w), _mask(batch, "head_center", n, dev))
+            out["xy"] = (
+                normalize_points(batch["head_center"].float(), h, w),
+                _mask(batch, "head_center", n, dev),
+            )
         if "head_size" in batch:
-            out["size"] = (batch["head_size"].float()[:, None] / w, _mask(batch, "head_size", n, dev))
+            out["size"] = (
+                batch["head_size"].float()[:, None] / w,
+                _mask(batch, "head_size", n, dev),
+            )
         if "box" in batch:
             box = normalize_points(batch["box"].float().reshape(n, 2, 2), h, w).reshape(n, 4)
             out["box"] = (box, _mask(batch, "box", n, dev))
@@ -168,7 +191,11 @@ class OpNet(HPEModule):
         if "landmarks_2d" in batch:
             has2d = _mask(batch, "landmarks_2d", n, dev)
             visible = batch.get("landmarks_visible")
-            vis = torch.ones(n, 68, dtype=torch.bool, device=dev) if visible is None else visible.bool()
+            vis = (
+                torch.ones(n, 68, dtype=torch.bool, device=dev)
+                if visible is None
+                else visible.bool()
+            )
             if visible is not None and mask_key("landmarks_visible") in batch:
                 vis = vis | ~batch[mask_key("landmarks_visible")].bool()[:, None]
             lm_target[..., :2] = normalize_points(batch["landmarks_2d"].float(), h, w)
@@ -220,7 +247,10 @@ class OpNet(HPEModule):
         q_t, has_rot = t["quat"]
         terms: dict[str, tuple[Tensor, Tensor]] = {
             "rot": (L.quaternion_distance(outputs["quaternion"], q_t), has_rot),
-            "quat_norm": (L.quaternion_norm_penalty(outputs["quaternion_raw"]), torch.ones_like(has_rot)),
+            "quat_norm": (
+                L.quaternion_norm_penalty(outputs["quaternion_raw"]),
+                torch.ones_like(has_rot),
+            ),
         }
         nll: dict[str, tuple[Tensor, Tensor]] = {}
         unc = self.model.uncertainty
@@ -232,14 +262,21 @@ class OpNet(HPEModule):
         if "box" in t:
             terms["box"] = (L.box_l2(outputs["box"], t["box"][0]), t["box"][1])
         if unc:
-            nll["rot"] = (L.rotation_nll(outputs["quaternion"], q_t, outputs["rotation_scale_tril"]), has_rot)
+            nll["rot"] = (
+                L.rotation_nll(outputs["quaternion"], q_t, outputs["rotation_scale_tril"]),
+                has_rot,
+            )
             if "xy" in t and "size" in t:
                 target = torch.cat([t["xy"][0], t["size"][0]], -1)
                 nll["coord"] = (
-                    L.gaussian_nll(coord, target, outputs["coord_scale_tril"]), t["xy"][1] & t["size"][1]
+                    L.gaussian_nll(coord, target, outputs["coord_scale_tril"]),
+                    t["xy"][1] & t["size"][1],
                 )
             if "box" in t:
-                nll["box"] = (L.diagonal_nll(outputs["box"], t["box"][0], outputs["box_scale"]), t["box"][1])
+                nll["box"] = (
+                    L.diagonal_nll(outputs["box"], t["box"][0], outputs["box_scale"]),
+                    t["box"][1],
+                )
         if self.model.keypoints is not None:
             lm, dims = t["landmarks"]
             has_lm = dims.flatten(1).any(1)
@@ -247,7 +284,9 @@ class OpNet(HPEModule):
             terms["landmarks"] = (L.landmark_l1(pred, lm, self.landmark_weights, dims), has_lm)
             if unc:
                 nll["landmarks"] = (
-                    L.landmark_laplace_nll(pred, lm, outputs["landmarks_scale"], self.landmark_weights, dims),
+                    L.landmark_laplace_nll(
+                        pred, lm, outputs["landmarks_scale"], self.landmark_weights, dims
+                    ),
                     has_lm,
                 )
             shape_t = self._shape_target(batch, t, self.model.keypoints.num_params)
@@ -255,17 +294,37 @@ class OpNet(HPEModule):
                 terms["shape"] = (L.squared_error(outputs["shape_params"], shape_t[0]), shape_t[1])
                 if unc:
                     nll["shape"] = (
-                        L.diagonal_nll(outputs["shape_params"], shape_t[0], outputs["shape_scale"]), shape_t[1]
+                        L.diagonal_nll(outputs["shape_params"], shape_t[0], outputs["shape_scale"]),
+                        shape_t[1],
                     )
-        return L.combine_losses(terms, nll, self.loss_weights, self.nll_weights, self.nll_total_weight)
+        return L.combine_losses(
+            terms, nll, self.loss_weights, self.nll_weights, self.nll_total_weight
+        )
 
     # ----------------------------------------------------------------- optimisation
+    def configure_gradient_clipping(
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if self.grad_clip_max_abs is None:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+            return
+        torch.nn.utils.clip_grad_norm_(
+            self.parameters(), self.grad_clip_max_abs, norm_type=float("inf")
+        )
+
     def configure_optimizers(self) -> Any:
         config = super().configure_optimizers()
         if isinstance(config, dict):
             scheduler = config["lr_scheduler"]["scheduler"]
             if isinstance(scheduler, WarmupStepLR) and scheduler.total_steps is None:
                 if self.scheduler_interval != "step":
-                    raise ValueError("WarmupStepLR counts optimisation steps: set scheduler_interval: step")
+                    raise ValueError(
+                        "WarmupStepLR counts optimisation steps: set scheduler_interval: step"
+                    )
                 scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
         return config

@@ -12,13 +12,23 @@ from torch import Tensor
 
 from hpelib.nn import masked_mean
 
-__all__ = ["mse_loss", "ranking_loss", "rankpose_loss"]
+__all__ = ["MSE_FORMS", "mse_loss", "ranking_loss", "rankpose_loss"]
+
+#: How ``L_MSE`` reduces a pair batch, see :func:`rankpose_loss`.
+MSE_FORMS: tuple[str, ...] = ("per_branch", "summed_angles")
 
 
-def mse_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """``L_MSE = 1/N sum_i ||p_i - y_i||^2``: squared error summed over the three angles,
-    averaged over the (masked) samples. ``pred, target: (B, 3) -> ()``."""
-    return masked_mean((pred - target.to(pred.dtype)).pow(2).sum(dim=-1), mask)
+def mse_loss(
+    pred: Tensor, target: Tensor, mask: Tensor | None = None, reduce_angles: str = "sum"
+) -> Tensor:
+    """Squared error, reduced over the three angles (``"sum"``: ``||p - y||^2``; ``"mean"``:
+    ``||p - y||^2 / 3``, ``torch.nn.MSELoss``) and averaged over the (masked) samples.
+    ``pred, target: (B, 3) -> ()``."""
+    if reduce_angles not in ("sum", "mean"):
+        raise ValueError(f"reduce_angles must be 'sum' or 'mean', got {reduce_angles!r}")
+    squared = (pred - target.to(pred.dtype)).pow(2)
+    per_sample = squared.sum(dim=-1) if reduce_angles == "sum" else squared.mean(dim=-1)
+    return masked_mean(per_sample, mask)
 
 
 def ranking_loss(
@@ -60,6 +70,23 @@ def ranking_loss(
     return masked_mean(hinge.sum(dim=-1), mask)
 
 
+def _pair_mse(
+    pred1: Tensor,
+    target1: Tensor,
+    pred2: Tensor,
+    target2: Tensor,
+    mask1: Tensor,
+    mask2: Tensor,
+    form: str,
+) -> Tensor:
+    """``L_MSE`` of a pair batch in one of :data:`MSE_FORMS` -> ``()``."""
+    if form == "per_branch":
+        return mse_loss(pred1, target1, mask1, "mean") + mse_loss(pred2, target2, mask2, "mean")
+    return mse_loss(
+        torch.cat([pred1, pred2]), torch.cat([target1, target2]), torch.cat([mask1, mask2])
+    )
+
+
 def rankpose_loss(
     pred1: Tensor,
     target1: Tensor,
@@ -67,31 +94,48 @@ def rankpose_loss(
     target2: Tensor | None = None,
     mask1: Tensor | None = None,
     mask2: Tensor | None = None,
-    beta: float = 0.5,
+    *,
+    mse_weight: float = 1.0,
+    ranking_weight: float = 1.0,
+    mse_form: str = "per_branch",
     margin: float = 0.0,
     absolute: bool = False,
     tie_tolerance: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``L = beta * L_MSE + (1 - beta) * L_ranking`` (paper eq. for the Siamese training).
+    """``L = mse_weight * L_MSE + ranking_weight * L_ranking`` for the Siamese training.
 
-    ``L_MSE`` is over both images of every pair (each image is a labelled sample);
-    ``L_ranking`` over the pairs whose two images are labelled. Without a second image
-    (``pred2 is None``: validation/test batches) only ``beta * L_MSE`` is returned.
+    ``mse_form`` (one of :data:`MSE_FORMS`) sets ``L_MSE`` of a pair batch:
+
+    * ``"per_branch"`` (default): ``MSE(p1, y1) + MSE(p2, y2)``, each the mean over the pairs
+      and the three angles (``torch.nn.MSELoss``), one term per Siamese branch. This is the
+      released code's ``Criterion`` (``angles_loss + 1 * rank_loss``), whose weights 1 : 1
+      are the default ones.
+    * ``"summed_angles"``: squared error summed over the three angles, averaged over all
+      images of both branches, i.e. ``(MSE(p1, y1) + MSE(p2, y2)) * 3 / 2``. With
+      ``mse_weight = beta``, ``ranking_weight = 1 - beta`` it is the
+      ``beta * L_MSE + (1 - beta) * L_ranking`` form (``beta = 0.5``) that several
+      benchmark tables of docs/methods/rankpose.md were measured with; kept to reproduce
+      them.
+
+    Without a second image (``pred2 is None``: validation/test batches) only
+    ``mse_weight * MSE(p1, y1)`` (the form's one-branch MSE) is returned.
 
     Returns:
         ``(total, mse, ranking)``, ``ranking`` is None without pairs.
     """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if mse_form not in MSE_FORMS:
+        raise ValueError(f"mse_form must be one of {MSE_FORMS}, got {mse_form!r}")
+    if mse_weight < 0 or ranking_weight < 0:
+        raise ValueError(
+            f"loss weights must be >= 0, got mse_weight={mse_weight}, ranking_weight={ranking_weight}"
+        )
     if pred2 is None or target2 is None:
-        mse = mse_loss(pred1, target1, mask1)
-        return beta * mse, mse, None
-    preds = torch.cat([pred1, pred2])
-    targets = torch.cat([target1, target2])
+        mse = mse_loss(pred1, target1, mask1, "mean" if mse_form == "per_branch" else "sum")
+        return mse_weight * mse, mse, None
     b = pred1.shape[0]
     ones = torch.ones(b, dtype=torch.bool, device=pred1.device)
     m1 = ones if mask1 is None else mask1.to(pred1.device).bool()
     m2 = ones if mask2 is None else mask2.to(pred1.device).bool()
-    mse = mse_loss(preds, targets, torch.cat([m1, m2]))
+    mse = _pair_mse(pred1, target1, pred2, target2, m1, m2, mse_form)
     rank = ranking_loss(pred1, pred2, target1, target2, m1 & m2, margin, absolute, tie_tolerance)
-    return beta * mse + (1.0 - beta) * rank, mse, rank
+    return mse_weight * mse + ranking_weight * rank, mse, rank

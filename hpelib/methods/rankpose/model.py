@@ -19,7 +19,7 @@ from hpelib.nn import create_backbone
 
 __all__ = ["OUTPUT_LAYERS", "AngleOutput", "RankPoseNet"]
 
-#: Output transformations of the paper (Sec. 3.2) selectable by name.
+#: The paper's three output transformations, selectable by name.
 OUTPUT_LAYERS: tuple[str, ...] = ("linear", "cosine", "arccos")
 
 
@@ -28,8 +28,9 @@ class AngleOutput(nn.Module):
 
     * ``"linear"``: ``Y = W^T F (+ b)``, unbounded (the plain FC layer).
     * ``"cosine"``: ``Y = alpha * W_hat^T F_hat`` with ``F_hat = F / ||F||`` and every column
-      of ``W`` L2-normalised, so ``|Y_k| <= alpha``. The paper uses ``alpha = pi/2`` for
-      Euler angles in radians; the released code uses 180 (degrees), i.e. ``alpha = pi``.
+      of ``W`` L2-normalised, so ``|Y_k| <= alpha``. hpelib's default ``alpha = pi/2``
+      bounds the angles to +-90 degrees; the released code uses 180 (degrees), i.e.
+      ``alpha = pi``.
     * ``"arccos"``: ``Y = arccos(W_hat^T F_hat) - pi/2``, bounded to ``[-pi/2, pi/2]``.
       The cosine is clamped to ``[-1 + eps, 1 - eps]`` because ``d arccos(c)/dc`` is infinite
       at ``|c| = 1``; the bound is then ``pi/2 - arccos(1 - eps)`` (about 1e-3 rad short of
@@ -117,18 +118,21 @@ class AngleOutput(nn.Module):
         return self.alpha if self.kind == "cosine" else math.pi / 2
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}" + (f", alpha={self.alpha:.4g}" if self.kind == "cosine" else "")
+        return f"kind={self.kind!r}" + (
+            f", alpha={self.alpha:.4g}" if self.kind == "cosine" else ""
+        )
 
 
 class RankPoseNet(nn.Module):
     """``forward(images (B, 3, H, W)) -> (B, 3)`` Euler angles in radians.
 
     Args:
-        backbone: any timm model name (the paper: ``resnet50``).
+        backbone: any timm model name (released code: ``resnet50``).
         pretrained: ImageNet weights through timm (needs network or a cache).
         checkpoint_path: local backbone weights instead of a download.
-        output_layer: ``"linear"``, ``"cosine"`` or ``"arccos"`` (see :class:`AngleOutput`).
-        alpha: cosine-output scale in radians (paper ``pi/2``; released code ``pi``).
+        output_layer: ``"arccos"`` (default, the paper's final model), ``"cosine"`` or
+            ``"linear"`` (see :class:`AngleOutput`).
+        alpha: cosine-output scale in radians (default ``pi/2``; released code ``pi``).
         linear_bias: bias of the linear output.
         drop_rate: dropout on the pooled feature (timm's ``drop_rate``).
         backbone_kwargs: further timm constructor arguments of the backbone (see
@@ -140,7 +144,7 @@ class RankPoseNet(nn.Module):
         backbone: str = "resnet50",
         pretrained: bool = False,
         checkpoint_path: str | Path | None = None,
-        output_layer: str = "cosine",
+        output_layer: str = "arccos",
         alpha: float = math.pi / 2,
         linear_bias: bool = True,
         drop_rate: float = 0.0,
