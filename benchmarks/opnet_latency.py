@@ -7,10 +7,13 @@ after a warm-up, and prints the median (and 10/90th percentiles) of ``--runs`` c
 Markdown table, with the median process CPU time per call (a contention-free figure when
 ``--threads 1``; on a busy host the wall-clock numbers include waiting for a core).
 
-Each backbone runs in up to three forms (``--variants``): ``eager`` (the module as trained),
-``channels_last`` (NHWC weights and input: oneDNN's preferred layout) and ``jit`` (traced,
-frozen and ``torch.jit.optimize_for_inference``: conv + BN folded, oneDNN-fused ops), the
-usual ways to deploy a small CNN on a CPU without other runtimes.
+Each backbone runs in up to four forms (``--variants``): ``eager`` (the module as trained),
+``channels_last`` (NHWC weights and input: oneDNN's preferred layout), ``jit`` (traced,
+frozen and ``torch.jit.optimize_for_inference``: conv + BN folded, oneDNN-fused ops) and
+``onnx`` (the graph ``hpelib export`` writes, :func:`hpelib.export.module_to_onnx`, run by
+onnxruntime's CPU provider with ``--threads`` intra-op threads and graph optimisations on;
+needs ``pip install 'hpelib[onnx]'``). Every form gets the same input and thread count and
+must reproduce the eager rotation before it is timed.
 
     python benchmarks/opnet_latency.py                 # 2 threads, 129 px
     python benchmarks/opnet_latency.py --threads 1 --runs 500
@@ -19,6 +22,7 @@ usual ways to deploy a small CNN on a CPU without other runtimes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import statistics
 import time
@@ -46,10 +50,36 @@ def measure(model: torch.nn.Module, image: torch.Tensor, warmup: int, runs: int)
     return wall, cpu
 
 
-VARIANTS = ("eager", "channels_last", "jit")
+VARIANTS = ("eager", "channels_last", "jit", "onnx")
 
 
-def prepare(model: torch.nn.Module, image: torch.Tensor, variant: str) -> tuple[torch.nn.Module, torch.Tensor]:
+class OnnxRuntimeModel:
+    """An onnxruntime session with the torch model's call convention: ``(B, C, S, S)``
+    tensor in, dict of output tensors out (zero-copy views of onnxruntime's arrays)."""
+
+    def __init__(self, model: torch.nn.Module, image: torch.Tensor, threads: int) -> None:
+        import onnxruntime as ort
+
+        from hpelib.export import module_to_onnx
+
+        # A batch of 2 in the trace keeps the graph's batch dimension free.
+        proto, self.keys = module_to_onnx(model, image.expand(2, -1, -1, -1).contiguous())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # the torch forms' torch.set_num_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.session.run(None, {"image": image.numpy()})
+        return {k: torch.from_numpy(v) for k, v in zip(self.keys, outputs, strict=True)}
+
+
+def prepare(
+    model: torch.nn.Module, image: torch.Tensor, variant: str, threads: int = 1
+) -> tuple[torch.nn.Module | OnnxRuntimeModel, torch.Tensor]:
     """The deployable form of an eval-mode model (and its input layout) for one variant."""
     if variant == "eager":
         return model, image
@@ -61,6 +91,9 @@ def prepare(model: torch.nn.Module, image: torch.Tensor, variant: str) -> tuple[
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice
             traced = torch.jit.trace(model, image, strict=False)  # dict output needs strict=False
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced)), image
+    if variant == "onnx":
+        with torch.inference_mode(False), torch.no_grad():
+            return OnnxRuntimeModel(model, image, threads), image
     raise ValueError(f"unknown variant {variant!r}, expected one of {VARIANTS}")
 
 
@@ -73,6 +106,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args()
+    if "onnx" in args.variants and importlib.util.find_spec("onnxruntime") is None:
+        print("onnxruntime is not installed (pip install 'hpelib[onnx]'): no onnx rows\n")
+        args.variants = [v for v in args.variants if v != "onnx"]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     keypoints = DeformableKeypoints(*synthetic_keypoint_model(10))
@@ -87,7 +123,7 @@ def main() -> None:
             params = count_parameters(model) / 1e6
             with torch.inference_mode():  # before `prepare`, which may convert `model` in place
                 reference = model(image)["rotation"]
-            runnable, x = prepare(model, image, variant)
+            runnable, x = prepare(model, image, variant, args.threads)
             with torch.inference_mode():  # a faster form must still compute the same pose
                 torch.testing.assert_close(runnable(x)["rotation"], reference, atol=1e-4, rtol=1e-4)
             wall, cpu = measure(runnable, x, args.warmup, args.runs)

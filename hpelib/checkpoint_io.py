@@ -9,9 +9,14 @@ a custom object) the one opt-in is ``trust_checkpoint``:
 
 * Python: ``hpelib.load(path, trust_checkpoint=True)``, ``read_checkpoint(path,
   trust_checkpoint=True)``, or ``with trusted_checkpoints(): ...`` around any other call
-  (a method's ``encoder_checkpoint``/``init_weights``, a backbone's ``checkpoint_path``,
+  (a method's ``encoder_checkpoint``/``init_weights``, its ``backbone_weights``,
   ``trainer.fit(ckpt_path=...)``);
-* command line: ``--trust_checkpoint`` on ``hpelib fit|validate|test|predict|export|evaluate``.
+* command line: ``--trust_checkpoint true`` on ``hpelib fit|validate|test|predict|export|evaluate``.
+
+Preprocessing: every checkpoint an :class:`~hpelib.methods.HPEModule` saves with an
+:class:`~hpelib.data.HPEDataModule` attached holds ``checkpoint["hpelib_preprocessing"]``
+(:data:`PREPROCESSING_KEY`), what inference must repeat (fields: :data:`PREPROCESSING_FIELDS`);
+:func:`checkpoint_preprocessing` reads it (and the older ``HPEDataModule`` state record).
 
 Writing: :func:`atomic_torch_save`, and :class:`hpelib.plugins.AtomicCheckpointIO` (installed
 by every :class:`~hpelib.methods.HPEModule` at ``setup``) for Lightning's checkpoints, write each checkpoint to a temporary file beside its target and moves it into
@@ -37,12 +42,16 @@ import torch
 
 __all__ = [
     "CheckpointReadError",
+    "MissingPreprocessingError",
+    "PREPROCESSING_FIELDS",
+    "PREPROCESSING_KEY",
     "SAFE_GLOBALS",
     "TRUST_CHECKPOINT_HELP",
     "add_trust_checkpoint_argument",
     "UnsafeCheckpointError",
     "atomic_torch_save",
     "atomic_write",
+    "checkpoint_preprocessing",
     "read_checkpoint",
     "trust_checkpoint_enabled",
     "trusted_checkpoints",
@@ -50,7 +59,7 @@ __all__ = [
 
 #: Non-tensor types an hpelib checkpoint may hold beyond what ``weights_only`` allows by
 #: default (dicts, lists, tensors, numbers, strings, ``OrderedDict``...): file paths given as
-#: ``pathlib`` objects to a method's arguments (``encoder_checkpoint``, ``checkpoint_path``)
+#: ``pathlib`` objects to a method's arguments (``encoder_checkpoint``, ``backbone_weights``)
 #: end up in its saved hyper-parameters. Each is rebuilt from strings only.
 SAFE_GLOBALS: list[Any] = [
     pathlib.PosixPath,
@@ -68,6 +77,69 @@ class CheckpointReadError(ValueError):
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint that would need unpickling types outside :data:`SAFE_GLOBALS`."""
+
+
+class MissingPreprocessingError(ValueError):
+    """A checkpoint without the preprocessing record inference needs (input size...)."""
+
+
+#: Top-level checkpoint key of the preprocessing record (written by
+#: ``HPEModule.on_save_checkpoint``).
+PREPROCESSING_KEY = "hpelib_preprocessing"
+
+#: The record's fields (plain JSON values):
+#:
+#: * ``image_size`` (int): side of the square network input;
+#: * ``mean``, ``std`` (3 floats): normalisation of images in [0, 1], ``(x - mean) / std``;
+#: * ``grayscale`` (bool): luminance repeated on 3 channels before normalising;
+#: * ``dataset`` (str): class path of the dataset whose crop is described (the evaluation
+#:   data of the training run), ``None`` if unknown;
+#: * ``crop_rule``: that dataset's crop rule as dataset specs take it (a name such as
+#:   ``"6drepnet"``, or ``{"class_path": ..., "init_args": ...}``), ``None`` if unknown;
+#: * ``box_source`` (str): its face-box source (AFLW2000/300W-LP ``"pt2d"``...), ``None``
+#:   where the dataset has none;
+#: * ``euler_convention`` (str): the method's Euler convention (metrics, predictions);
+#: * ``euler_output_convention`` (str): convention of Euler angles the network itself
+#:   outputs (LEC-HPE), ``None`` for methods that predict a rotation.
+PREPROCESSING_FIELDS: tuple[str, ...] = (
+    "image_size", "mean", "std", "grayscale", "dataset", "crop_rule", "box_source",
+    "euler_convention", "euler_output_convention",
+)  # fmt: skip
+
+
+def checkpoint_preprocessing(ckpt: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The preprocessing record of a loaded checkpoint dict, every field of
+    :data:`PREPROCESSING_FIELDS` present (``None`` where the checkpoint does not tell).
+
+    Checkpoints of older hpelib versions kept input size, normalisation and grayscale in the
+    datamodule's state (``ckpt["HPEDataModule"]["preprocessing"]``); those are read too, and
+    their Euler convention comes from the saved hyper-parameters when they name it.
+
+    Raises:
+        MissingPreprocessingError: no record with an input size, naming ``path``.
+    """
+    record = ckpt.get(PREPROCESSING_KEY) if isinstance(ckpt, dict) else None
+    if not isinstance(record, dict) and isinstance(ckpt, dict):
+        record = next(
+            (v["preprocessing"] for v in ckpt.values()
+             if isinstance(v, dict) and isinstance(v.get("preprocessing"), dict)),
+            None,
+        )  # fmt: skip
+    if not isinstance(record, dict) or record.get("image_size") is None:
+        raise MissingPreprocessingError(
+            f"checkpoint {str(path)!r} has no preprocessing record (input size, normalisation); "
+            "it was saved without an HPEDataModule attached to the trainer (train with "
+            "`hpelib fit` or trainer.fit(model, datamodule=HPEDataModule(...)))"
+        )
+    out: dict[str, Any] = {key: record.get(key) for key in PREPROCESSING_FIELDS}
+    out["image_size"] = int(out["image_size"])
+    out["mean"] = [float(v) for v in (out["mean"] if out["mean"] is not None else (0.0,) * 3)]
+    out["std"] = [float(v) for v in (out["std"] if out["std"] is not None else (1.0,) * 3)]
+    out["grayscale"] = bool(out["grayscale"])
+    if out["euler_convention"] is None:
+        hparams = ckpt.get("hyper_parameters") or {}
+        out["euler_convention"] = hparams.get("euler_convention")
+    return out
 
 
 @contextlib.contextmanager
@@ -170,7 +242,7 @@ def read_checkpoint(
         raise UnsafeCheckpointError(
             f"{what} {str(path)!r} refused: loading it would unpickle {names}, which hpelib "
             "does not allow (unpickling can run code). If you made this file or trust its "
-            "source, pass trust_checkpoint=True (command line: --trust_checkpoint)."
+            "source, pass trust_checkpoint=True (command line: --trust_checkpoint true)."
         ) from None
     except Exception as err:  # torch/zip/unpickler errors of a damaged file vary by version
         first = f"{type(err).__name__}: {str(err).split('. ')[0].splitlines()[0] if str(err) else ''}"

@@ -3,16 +3,34 @@ variants) -> one pandas table, written as CSV and Markdown, plus per-angle error
 
 Command line: ``hpelib evaluate --config examples/sixd.yaml --ckpt a.ckpt b.ckpt
 --variants original sa fa --output results/``. The test sets are the ``data.test`` section of
-the config (or ``--test`` overrides); preprocessing is the config's ``data`` section.
+the config; everything about the images comes from each checkpoint's own record
+(:func:`hpelib.checkpoint_io.checkpoint_preprocessing`), never from the config, so checkpoints
+of different methods compare in one call (OpNet: grey, ``x - 0.5``, 129 px; SixD: RGB,
+ImageNet normalisation, 64 px):
+
+* the test images are built at the checkpoint's input size (the spec's ``image_size``), and,
+  for the dataset the checkpoint was evaluated on in training, with its crop rule and face-box
+  source (``crop_rule``, ``box_source``; other datasets keep the config's crop);
+* they are normalised (and made grey) as the checkpoint was trained;
+* the Euler angles are those of the checkpoint's convention (``--convention`` sets one for
+  all), with methods that predict Euler angles (LEC-HPE) scored on them.
+
+Each checkpoint's row is labelled by the shortest end of its path that tells it from the
+others (``run1/checkpoints/last.ckpt`` vs ``run2/checkpoints/last.ckpt``), or ``--labels``.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -23,10 +41,24 @@ from hpelib.data.datamodule import HPEDataModule
 from hpelib.data.sample import collate_samples, mask_key
 from hpelib.metrics import pose_errors
 from hpelib.metrics.pose import predicted_euler
-from hpelib.predict import load_module
+from hpelib.predict import load_with_preprocessing
 from hpelib.rotation import euler_names
+from hpelib.specs import instantiate_spec, plain_spec
 
-__all__ = ["VARIANTS", "evaluate", "per_sample_errors", "plot_error_cdf", "main"]
+__all__ = [
+    "VARIANTS",
+    "checkpoint_labels",
+    "evaluate",
+    "main",
+    "per_sample_errors",
+    "plot_error_cdf",
+    "specs_for_checkpoint",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Keys of the config's ``data`` section that the checkpoints' records decide instead.
+_FROM_CHECKPOINT = ("normalize", "grayscale")
 
 
 def _wrap_sa(dataset: Dataset) -> Dataset:
@@ -68,7 +100,11 @@ def per_sample_errors(
     """Per-sample angle and geodesic errors (degrees) of ``module`` on ``dataset``, with the
     datamodule's evaluation preprocessing. A method that predicts Euler angles in
     ``convention`` (``module.euler_output_convention``, e.g. LEC-HPE) is scored on those
-    angles, as in its test step (:func:`hpelib.metrics.pose_errors`)."""
+    angles, as in its test step (:func:`hpelib.metrics.pose_errors`).
+
+    Returns:
+        one row per labelled sample: a column per angle name, ``mae`` and ``geodesic``.
+    """
     device = next(module.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
     frames = []
@@ -97,47 +133,182 @@ def per_sample_errors(
     return pd.concat(frames, ignore_index=True)
 
 
+# ----------------------------------------------------------------------------- labels
+def checkpoint_labels(
+    checkpoints: Sequence[str | Path], labels: Sequence[str] | None = None
+) -> list[str]:
+    """One unique label per checkpoint: ``labels`` as given (checked), else the shortest end
+    of each path that tells the checkpoints apart (``a/last.ckpt`` and ``b/last.ckpt``)."""
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(labels) != len(checkpoints):
+            raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be unique, got {labels}")
+        return labels
+    parts = [Path(os.path.abspath(c)).parts for c in checkpoints]
+    seen: dict[tuple[str, ...], str] = {}
+    for path, given in zip(parts, checkpoints, strict=True):
+        if path in seen:
+            raise ValueError(f"checkpoint {str(given)!r} is given twice")
+        seen[path] = str(given)
+    for k in range(1, max((len(p) for p in parts), default=1) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return ["/".join(p) for p in parts]  # not reached: distinct paths differ somewhere
+
+
+# ----------------------------------------------------------------------------- test specs
+def _allowed_crop_rule(rule: Any, source: str) -> Any:
+    """A recorded crop rule as a dataset takes it; a ``class_path`` one is built here, and
+    only from hpelib's own classes (a checkpoint must not make hpelib import a module it
+    names). ``None``: not usable, the config's crop stays."""
+    if not isinstance(rule, Mapping):
+        return rule
+    class_path = str(rule.get("class_path", ""))
+    if not class_path.startswith("hpelib."):
+        _log.warning(
+            "%s records the crop rule %r, not one of hpelib's: the config's crop is used",
+            source, class_path,
+        )  # fmt: skip
+        return None
+    return instantiate_spec(dict(rule))
+
+
+def _with_args(spec: Mapping[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    if "class_path" in spec:
+        return {**spec, "init_args": args}
+    return {**{k: spec[k] for k in ("name", "weight", "label") if k in spec}, **args}
+
+
+def _spec_for(spec: Any, prep: Mapping[str, Any], source: str) -> Any:
+    """One test-set spec with the checkpoint's input size and (same dataset) crop."""
+    from hpelib.methods.base import _dataset_factory, _parameter, _qualified, _spec_args
+
+    spec = plain_spec(spec)
+    factory = _dataset_factory(spec)
+    if not isinstance(spec, Mapping) or factory is None:
+        return spec  # a Dataset instance: its image size is checked once built
+    args = _spec_args(spec)
+    if _parameter(factory, "image_size") is None:
+        if isinstance(args.get("dataset"), Mapping):  # a wrapper (SplitDataset...)
+            args["dataset"] = _spec_for(args["dataset"], prep, source)
+        return _with_args(spec, args)
+    args["image_size"] = int(prep["image_size"])
+    if prep.get("dataset") == _qualified(factory):
+        rule = _allowed_crop_rule(prep.get("crop_rule"), source)
+        if rule is not None and _parameter(factory, "crop_rule") is not None:
+            args["crop_rule"] = rule
+        if prep.get("box_source") is not None and _parameter(factory, "box_source") is not None:
+            args["box_source"] = prep["box_source"]
+    return _with_args(spec, args)
+
+
+def specs_for_checkpoint(test_sets: Any, prep: Mapping[str, Any], source: str = "checkpoint") -> Any:
+    """The ``data.test`` section (a spec, a list, or ``{set name: spec}``) with each set built
+    at the checkpoint's input size and, for the dataset its record describes, with its crop
+    rule and box source (``prep``: :func:`hpelib.checkpoint_io.checkpoint_preprocessing`)."""
+    test_sets = plain_spec(test_sets)
+    if isinstance(test_sets, Mapping) and not ({"name", "class_path"} & set(test_sets)):
+        return {name: _spec_for(spec, prep, source) for name, spec in test_sets.items()}
+    if isinstance(test_sets, list | tuple):
+        return [_spec_for(spec, prep, source) for spec in test_sets]
+    return _spec_for(test_sets, prep, source)
+
+
+def _datamodule_for(
+    test_sets: Any, prep: Mapping[str, Any], data_kwargs: Mapping[str, Any], source: str
+) -> HPEDataModule:
+    """The test sets as the checkpoint sees them: its size, crop, normalisation, grayscale."""
+    kwargs = {k: v for k, v in data_kwargs.items() if k not in (*_FROM_CHECKPOINT, "test")}
+    datamodule = HPEDataModule(
+        test=specs_for_checkpoint(test_sets, prep, source),
+        normalize=[list(prep["mean"]), list(prep["std"])],
+        grayscale=bool(prep["grayscale"]),
+        **kwargs,
+    )
+    datamodule.setup("test")
+    for name, dataset in zip(datamodule.test_names, datamodule.test_datasets, strict=True):
+        size = int(dataset[0]["image"].shape[-1]) if len(dataset) else prep["image_size"]
+        if size != prep["image_size"]:
+            raise ValueError(
+                f"test set {name!r} gives {size} px images, but {source} was trained at "
+                f"{prep['image_size']} px and the set's spec has no image_size that hpelib "
+                "can set: give the set as a spec whose dataset takes image_size"
+            )
+    return datamodule
+
+
+# ----------------------------------------------------------------------------- evaluate
 def evaluate(
     checkpoints: Sequence[str | Path],
-    test_sets: dict[str, Any],
-    data_kwargs: dict[str, Any] | None = None,
+    test_sets: Any,
+    data_kwargs: Mapping[str, Any] | None = None,
     variants: Sequence[str] = ("original",),
-    convention: str = "300wlp",
+    convention: str | None = None,
     legacy_6drepnet: bool = False,
     batch_size: int = 64,
     trust_checkpoint: bool | None = None,
+    labels: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
-    """Evaluate every checkpoint on every (test set x variant).
+    """Evaluate every checkpoint on every (test set x variant), each with its own
+    preprocessing (see the module docstring).
 
-    Checkpoints are read without running code from them; ``trust_checkpoint=True`` is the
-    opt-in for trusted files that need more (:mod:`hpelib.checkpoint_io`).
+    Args:
+        checkpoints: checkpoint files (read without running code from them;
+            ``trust_checkpoint=True`` is the opt-in for trusted files that need more, see
+            :mod:`hpelib.checkpoint_io`).
+        test_sets: the ``data.test`` section: a spec, a list or ``{set name: spec}``.
+        data_kwargs: further :class:`HPEDataModule` arguments (``num_workers``...);
+            ``normalize`` and ``grayscale`` are each checkpoint's own and ignored here.
+        variants: names in :data:`VARIANTS`.
+        convention: Euler convention of the per-angle errors for every checkpoint; ``None``:
+            each checkpoint's own.
+        legacy_6drepnet: 6DRepNet's +/-180 wrap of the angle errors.
+        batch_size: evaluation batch size.
+        labels: one unique label per checkpoint (default: :func:`checkpoint_labels`).
 
     Returns:
         ``(table, errors)``: the summary table (one row per checkpoint, set and variant with
-        mean errors and the sample count) and the per-sample error frames keyed by
-        ``(checkpoint name, set/variant)``.
+        the convention, mean errors and the sample count) and the per-sample error frames
+        keyed by ``(checkpoint label, set/variant)``.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-    datamodule = HPEDataModule(test=test_sets, **(data_kwargs or {}))
-    datamodule.setup("test")
-    names = euler_names(convention)
+    names_of = checkpoint_labels(checkpoints, labels)
+    ignored = sorted(set(data_kwargs or {}) & set(_FROM_CHECKPOINT))
+    if ignored:
+        _log.info("evaluate: %s come from each checkpoint, not the config", ", ".join(ignored))
+    datamodules: dict[str, HPEDataModule] = {}
     rows, all_errors = [], {}
-    for ckpt in checkpoints:
-        module = load_module(ckpt, trust_checkpoint)
+    for ckpt, ckpt_label in zip(checkpoints, names_of, strict=True):
+        source = f"checkpoint {str(ckpt)!r}"
+        module, prep = load_with_preprocessing(ckpt, trust_checkpoint)
+        key = json.dumps(
+            {k: prep[k] for k in ("image_size", "mean", "std", "grayscale", "dataset",
+                                  "crop_rule", "box_source")}, sort_keys=True, default=str,
+        )  # fmt: skip
+        if key not in datamodules:  # checkpoints with the same preprocessing share the sets
+            datamodules[key] = _datamodule_for(test_sets, prep, dict(data_kwargs or {}), source)
+        datamodule = datamodules[key]
+        scored_in = convention or prep["euler_convention"] or "300wlp"
+        names = euler_names(scored_in)
         for set_name, dataset in zip(datamodule.test_names, datamodule.test_datasets, strict=True):
             for variant in variants:
                 errors = per_sample_errors(
-                    module, VARIANTS[variant](dataset), datamodule, batch_size, convention, legacy_6drepnet
-                )
+                    module, VARIANTS[variant](dataset), datamodule, batch_size, scored_in,
+                    legacy_6drepnet,
+                )  # fmt: skip
                 label = set_name if variant == "original" else f"{set_name}/{variant}"
-                all_errors[(Path(ckpt).name, label)] = errors
+                all_errors[(ckpt_label, label)] = errors
                 means = errors.mean()
                 rows.append(
                     {
-                        "checkpoint": Path(ckpt).name,
+                        "checkpoint": ckpt_label,
                         "test_set": label,
+                        "convention": scored_in,
                         **{f"{n}_mae": float(means[n]) for n in names},
                         "mae": float(means["mae"]),
                         "geodesic": float(means["geodesic"]),
@@ -148,39 +319,96 @@ def evaluate(
     return pd.DataFrame(rows), all_errors
 
 
-def plot_error_cdf(errors: dict[tuple[str, str], pd.DataFrame], path: str | Path, max_error: float = 90.0) -> None:
-    """Per-angle cumulative error distributions (one panel per angle + geodesic)."""
+def plot_error_cdf(
+    errors: dict[tuple[str, str], pd.DataFrame],
+    path: str | Path,
+    max_error: float | None = None,
+) -> list[str]:
+    """Cumulative error distributions, one panel per angle (``pitch``, ``yaw``, ``roll``)
+    and one for the geodesic error, one curve per (checkpoint, test set); the legend sits
+    outside the panels.
+
+    Args:
+        errors: per-sample errors keyed by ``(checkpoint label, set label)`` (:func:`evaluate`).
+        path: the PNG to write.
+        max_error: x-axis limit in degrees; ``None``: the largest error drawn, so every
+            curve reaches 1.
+
+    Returns:
+        the curve labels, in the legend's order.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [c for c in next(iter(errors.values())).columns if c != "mae"]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.2), squeeze=False)
+    frames = list(errors.values())
+    angle_columns = [c for c in ("pitch", "yaw", "roll") if any(c in f.columns for f in frames)]
+    columns = angle_columns + ["geodesic"]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.4), squeeze=False)
+    curve_labels = [f"{ckpt} | {label}" for ckpt, label in errors]
     for ax, column in zip(axes[0], columns, strict=True):
-        for (ckpt, label), frame in errors.items():
+        largest = 0.0
+        for curve, frame in zip(curve_labels, frames, strict=True):
+            if column not in frame.columns:
+                continue
             values = frame[column].sort_values().to_numpy()
-            ax.plot(values, (1 + torch.arange(len(values))).numpy() / len(values), label=f"{ckpt} {label}")
-        ax.set_xlim(0, max_error)
-        ax.set_ylim(0, 1)
+            largest = max(largest, float(values[-1]) if len(values) else 0.0)
+            # The empirical CDF: a step up by 1/n at each error, from 0 at 0 degrees.
+            xs = np.concatenate([[0.0], values])
+            ys = np.arange(len(values) + 1) / max(len(values), 1)
+            ax.step(xs, ys, where="post", label=curve)
+        limit = max_error if max_error is not None else max(1.0, math.ceil(largest * 1.02))
+        ax.set_xlim(0, limit)
+        ax.set_ylim(0, 1.01)
         ax.set_xlabel(f"{column} error (deg)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of samples")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles, shown = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # Beside the panels, so no curve is hidden however many checkpoints and sets there are.
+    fig.legend(handles, shown, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+    return curve_labels
+
+
+_OUTPUT_FILES = ("results.csv", "results.md", "error_cdf.png")
+
+
+def _check_outputs(out: Path, inputs: Sequence[Path]) -> None:
+    """The files written into ``out`` must not be one of the inputs (config, checkpoints)."""
+    for name in _OUTPUT_FILES:
+        target = out / name
+        for given in inputs:
+            if target.exists() and given.exists() and os.path.samefile(target, given):
+                raise SystemExit(
+                    f"hpelib evaluate: writing {str(target)!r} would overwrite the input "
+                    f"{str(given)!r}; choose another --output folder"
+                )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpelib evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML config whose data section defines the test sets")
     parser.add_argument("--ckpt", nargs="+", required=True, help="one or more checkpoints")
+    parser.add_argument(
+        "--labels", nargs="+", default=None,
+        help="one unique row/curve label per checkpoint (default: the shortest distinguishing "
+        "end of each path)",
+    )  # fmt: skip
     parser.add_argument("--variants", nargs="+", default=["original"], choices=sorted(VARIANTS))
     parser.add_argument("--output", default="evaluation", help="folder for results.csv, results.md, error_cdf.png")
-    parser.add_argument("--convention", default="300wlp")
-    parser.add_argument("--legacy-6drepnet", action="store_true")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--convention", default=None,
+        help="Euler convention of the per-angle errors for every checkpoint (default: each "
+        "checkpoint's own)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--legacy-6drepnet", action="store_true",
+        help="wrap the angle errors to +-180 degrees as 6DRepNet's test script does",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     add_trust_checkpoint_argument(parser)
     return parser
 
@@ -196,14 +424,15 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     test_sets = data.pop("test", None)
     if not test_sets:
         raise SystemExit(f"hpelib evaluate: {config_path} has no data.test section")
-    for key in ("train", "val", "predict", "samples_per_epoch", "augmentation"):
+    for key in ("train", "val", "predict", "samples_per_epoch", "augmentation", *_FROM_CHECKPOINT):
         data.pop(key, None)
     data.pop("batch_size", None)
+    out = Path(args.output)
+    _check_outputs(out, [config_path, *map(Path, args.ckpt)])  # before hours of evaluation
     table, errors = evaluate(
         args.ckpt, test_sets, data, args.variants, args.convention, args.legacy_6drepnet,
-        args.batch_size, args.trust_checkpoint,
-    )
-    out = Path(args.output)
+        args.batch_size, args.trust_checkpoint, args.labels,
+    )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False)
     markdown = table.to_markdown(index=False, floatfmt=".2f")
@@ -212,4 +441,3 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     print(markdown)
     print(f"\nwrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'error_cdf.png'}")
     return table
-

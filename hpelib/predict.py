@@ -1,7 +1,9 @@
 """Inference API: ``hpelib.load(checkpoint).predict(images)``.
 
 The predictor repeats the preprocessing the model was trained with (input size,
-normalisation, grayscale), read from the checkpoint, and accepts image paths, PIL images,
+normalisation, grayscale), read from the checkpoint's own record
+(:func:`hpelib.checkpoint_io.checkpoint_preprocessing`; :attr:`Predictor.preprocessing` gives it
+back as a JSON-able dict), never from a config, and accepts image paths, PIL images,
 ``(H, W, 3)`` uint8 arrays, and ``(3, H, W)`` / ``(B, 3, H, W)`` tensors (uint8, or float in
 [0, 1]). The face crop is one of:
 
@@ -12,7 +14,8 @@ normalisation, grayscale), read from the checkpoint, and accepts image paths, PI
   resized without keeping the aspect ratio), e.g. a dataset's crop rule output;
 * ``detector`` (``"mediapipe"`` or a callable): faces are detected and their boxes turned
   into the training crop by ``crop_rule`` (:func:`hpelib.detect.crop_boxes_from_detections`;
-  the crop must match the training crops, see :mod:`hpelib.detect`).
+  the crop must match the training crops, see :mod:`hpelib.detect`); by default the rule
+  that matches the checkpoint's evaluation crop (:attr:`Predictor.detection_crop_rule`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,13 +36,21 @@ from kornia.color import rgb_to_grayscale
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from hpelib.checkpoint_io import read_checkpoint
+from hpelib.checkpoint_io import checkpoint_preprocessing, read_checkpoint
 from hpelib.rotation import ImageWarp, euler_names, rotation_to_euler
 
 if TYPE_CHECKING:
     from hpelib.data.datasets.base import CropRule
 
-__all__ = ["PosePrediction", "Predictor", "annotate", "load", "load_module", "IMAGE_SUFFIXES"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PosePrediction",
+    "Predictor",
+    "annotate",
+    "load",
+    "load_module",
+    "load_with_preprocessing",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -395,6 +406,10 @@ class Predictor:
         device: where to run.
         convention: Euler convention of the returned angles.
         box_margin: enlargement of user boxes per side, as a fraction of the box size.
+        data_crop: the crop of the training run's evaluation data, from the checkpoint's
+            record (``dataset``, ``crop_rule``, ``box_source``; see
+            :data:`hpelib.checkpoint_io.PREPROCESSING_FIELDS`); informative, and the source of
+            :attr:`detection_crop_rule`.
     """
 
     def __init__(
@@ -407,6 +422,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         convention: str = "300wlp",
         box_margin: float = 0.0,
+        data_crop: Mapping[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
@@ -417,6 +433,39 @@ class Predictor:
         self.convention = convention
         self.names = euler_names(convention)
         self.box_margin = box_margin
+        crop = dict(data_crop or {})
+        self.data_crop = {k: crop.get(k) for k in ("dataset", "crop_rule", "box_source")}
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What this predictor does to an image before the network, as plain JSON values with
+        the keys of the checkpoint's record (:data:`hpelib.checkpoint_io.PREPROCESSING_FIELDS`):
+        ``image_size``, ``mean``, ``std``, ``grayscale``, ``dataset``, ``crop_rule``,
+        ``box_source``, ``euler_convention`` (of the angles this predictor returns) and
+        ``euler_output_convention`` (of Euler angles the network outputs itself, LEC-HPE;
+        ``None`` otherwise). ``hpelib export`` writes it into the ONNX metadata."""
+        return {
+            "image_size": self.image_size,
+            "mean": [float(v) for v in self.mean.flatten().tolist()],
+            "std": [float(v) for v in self.std.flatten().tolist()],
+            "grayscale": bool(self.grayscale),
+            **self.data_crop,
+            "euler_convention": self.convention,
+            "euler_output_convention": getattr(self.module, "euler_output_convention", None),
+        }
+
+    @property
+    def detection_crop_rule(self) -> str:
+        """The :mod:`hpelib.detect` rule that frames detector boxes as the checkpoint's
+        evaluation data was framed: ``"synthetic"`` for hpelib's synthetic heads, ``"tight"``
+        for the ``tight`` rules, else ``"6drepnet"`` (300W-LP/AFLW2000; also when the
+        checkpoint does not tell)."""
+        dataset, rule = self.data_crop.get("dataset"), self.data_crop.get("crop_rule")
+        if isinstance(dataset, str) and dataset.startswith("hpelib.data.synthetic."):
+            return "synthetic"
+        if isinstance(rule, str) and rule.lower() in ("tight", "tight_jitter"):
+            return "tight"
+        return "6drepnet"
 
     def preprocess(
         self,
@@ -490,7 +539,7 @@ class Predictor:
         *,
         crop_boxes: Tensor | np.ndarray | None = None,
         detector: DetectorArg | None = None,
-        crop_rule: str | CropRule = "6drepnet",
+        crop_rule: str | CropRule | None = None,
     ) -> PosePrediction:
         """Predict the pose of one image or a batch (paths, PIL, arrays, tensors).
 
@@ -504,7 +553,8 @@ class Predictor:
                 used (an image without a face is an error: see :meth:`predict_faces`).
             crop_rule: detector box -> crop rule (:func:`hpelib.detect.crop_boxes_from_detections`);
                 ``"6drepnet"`` matches 300W-LP/AFLW2000 training, ``"synthetic"`` the
-                SyntheticHeads framing.
+                SyntheticHeads framing; ``None``: the checkpoint's
+                (:attr:`detection_crop_rule`).
 
         Returns:
             :class:`PosePrediction` with ``B`` rows (``boxes`` set from ``boxes`` or the detector).
@@ -534,10 +584,17 @@ class Predictor:
         return self._predict_detections(items, det, crop_rule, batch_size)
 
     def _predict_detections(
-        self, items: list[Tensor], det: np.ndarray, crop_rule: str | CropRule, batch_size: int
+        self,
+        items: list[Tensor],
+        det: np.ndarray,
+        crop_rule: str | CropRule | None,
+        batch_size: int,
     ) -> PosePrediction:
         """One detector box ``det[i]`` per image ``items[i]`` -> predictions with boxes."""
         from hpelib.detect import crop_boxes_from_detections
+
+        if crop_rule is None:
+            crop_rule = self.detection_crop_rule
 
         if not items:
             return PosePrediction.empty(self.names, self.convention)
@@ -554,7 +611,7 @@ class Predictor:
         self,
         image: Any,
         detector: DetectorArg = "mediapipe",
-        crop_rule: str | CropRule = "6drepnet",
+        crop_rule: str | CropRule | None = None,
         batch_size: int = 32,
     ) -> PosePrediction:
         """Every face the detector finds in ONE image (a video frame): ``N >= 0`` rows, most
@@ -573,7 +630,7 @@ class Predictor:
         annotated_dir: str | Path | None = None,
         batch_size: int = 32,
         detector: DetectorArg | None = None,
-        crop_rule: str | CropRule = "6drepnet",
+        crop_rule: str | CropRule | None = None,
     ) -> pd.DataFrame:
         """Predict every image in ``folder``; optionally write a CSV and annotated copies.
 
@@ -670,20 +727,15 @@ def _read_checkpoint(path: Path, trust_checkpoint: bool | None = None) -> dict[s
 
 
 def _module_from(path: Path, ckpt: dict[str, Any]) -> torch.nn.Module:
-    """Build the registered class the checkpoint names and load its weights. The class comes
-    from hpelib's registry (never imported by name), and the saved hyper-parameters are passed
-    to it as plain values: Lightning's ``_instantiator`` entry, which would hand them to
-    jsonargparse (able to import classes named in them), is dropped."""
-    from lightning.pytorch.core.saving import _load_state
+    """Build the registered class the checkpoint names and load its weights
+    (:func:`hpelib.methods.base.module_from_checkpoint`): the class comes from hpelib's
+    registry (never imported by name), the saved hyper-parameters are passed as plain values
+    (Lightning's ``_instantiator`` entry, which would hand them to jsonargparse, is dropped),
+    and the init-only ones get their loading values (``pretrained: false``, no
+    ``backbone_weights`` file...), so loading needs no network and no initial-weights file."""
+    from hpelib.methods.base import module_from_checkpoint
 
-    from hpelib.methods.base import method_class
-
-    cls = method_class(ckpt["hpelib_class_path"], f"checkpoint {str(path)!r}")
-    hparams = dict(ckpt.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {})
-    for key in ("_instantiator", "_class_path"):
-        hparams.pop(key, None)
-    module = _load_state(cls, {**ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY: hparams}, strict=True)
-    return module.eval()
+    return module_from_checkpoint(ckpt, f"checkpoint {str(path)!r}").eval()
 
 
 def load_module(checkpoint: str | Path, trust_checkpoint: bool | None = None) -> torch.nn.Module:
@@ -696,6 +748,23 @@ def load_module(checkpoint: str | Path, trust_checkpoint: bool | None = None) ->
     return _module_from(path, _read_checkpoint(path, trust_checkpoint))
 
 
+def load_with_preprocessing(
+    checkpoint: str | Path, trust_checkpoint: bool | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(module, preprocessing)``: :func:`load_module` and the checkpoint's own
+    preprocessing record (:func:`hpelib.checkpoint_io.checkpoint_preprocessing`), with the
+    module's Euler convention filled in where an older checkpoint's record lacks it."""
+    path = Path(checkpoint)
+    ckpt = _read_checkpoint(path, trust_checkpoint)
+    prep = checkpoint_preprocessing(ckpt, path)
+    module = _module_from(path, ckpt)
+    if prep["euler_convention"] is None:
+        prep["euler_convention"] = getattr(module, "euler_convention", "300wlp")
+    if prep["euler_output_convention"] is None:
+        prep["euler_output_convention"] = getattr(module, "euler_output_convention", None)
+    return module, prep
+
+
 def load(
     checkpoint: str | Path,
     device: str | torch.device = "cpu",
@@ -704,22 +773,21 @@ def load(
     trust_checkpoint: bool | None = None,
 ) -> Predictor:
     """Load a checkpoint written by ``hpelib fit`` (or any Lightning run of an hpelib method)
-    and return a :class:`Predictor` with the training preprocessing.
+    and return a :class:`Predictor` with the checkpoint's own preprocessing (input size,
+    normalisation, grayscale, crop record) and Euler convention (``convention`` overrides
+    the latter).
 
     The checkpoint is read without running code from it and must name a registered hpelib
     method (see :mod:`hpelib.checkpoint_io`); ``trust_checkpoint=True`` allows a trusted file
-    that pickled other objects."""
-    path = Path(checkpoint)
-    ckpt = _read_checkpoint(path, trust_checkpoint)
-    module = _module_from(path, ckpt)
-    prep = next(
-        (v["preprocessing"] for v in ckpt.values() if isinstance(v, dict) and "preprocessing" in v),
-        None,
-    )
-    if prep is None or prep.get("image_size") is None:
-        raise ValueError(
-            f"checkpoint {str(path)!r} has no preprocessing record (image size); was it trained with HPEDataModule?"
-        )
+    that pickled other objects. Loading needs neither network access nor the model's initial
+    weights files (``pretrained``, ``backbone_weights``... are init-only,
+    :attr:`hpelib.methods.HPEModule.INIT_ONLY_HPARAMS`).
+
+    Raises:
+        hpelib.checkpoint_io.MissingPreprocessingError: a checkpoint without the record
+            (saved without an HPEDataModule), naming the file.
+    """
+    module, prep = load_with_preprocessing(checkpoint, trust_checkpoint)
     return Predictor(
         module,
         image_size=prep["image_size"],
@@ -727,6 +795,7 @@ def load(
         std=prep["std"],
         grayscale=prep["grayscale"],
         device=device,
-        convention=convention or getattr(module, "euler_convention", "300wlp"),
+        convention=convention or prep["euler_convention"],
         box_margin=box_margin,
+        data_crop=prep,
     )

@@ -15,6 +15,11 @@ Example (see ``examples/predict_video.py`` for the command line)::
     predictor = hpelib.load("runs/sixd/checkpoints/last.ckpt")
     table = predict_video(predictor, "clip.mp4", "clip_axes.mp4", "clip_poses.csv",
                           detector="mediapipe", crop_rule="6drepnet")
+
+A checkpoint path works in place of the predictor (loaded by :func:`load_predictor`, i.e.
+:func:`hpelib.load`: the checkpoint's own input size, normalisation and crop record, never a
+config's), and ``crop_rule=None`` takes the detector crop that matches the checkpoint's
+evaluation data (:attr:`hpelib.predict.Predictor.detection_crop_rule`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hpelib.predict import DetectorArg, PosePrediction, Predictor, annotate
+from hpelib.predict import DetectorArg, PosePrediction, Predictor, annotate, load
 
 if TYPE_CHECKING:
     from hpelib.data.datasets.base import CropRule
@@ -39,6 +44,7 @@ __all__ = [
     "FrameResult",
     "frames_table",
     "iter_video_frames",
+    "load_predictor",
     "predict_frames",
     "predict_video",
     "read_boxes_csv",
@@ -56,6 +62,20 @@ def require_cv2() -> Any:
         return importlib.import_module("cv2")
     except ImportError as err:
         raise ImportError(f"video input/output needs OpenCV: {VIDEO_EXTRA}") from err
+
+
+def load_predictor(
+    predictor: Predictor | str | Path, device: str = "cpu", box_margin: float = 0.0
+) -> Predictor:
+    """``predictor`` itself, or :func:`hpelib.load` of a checkpoint path (its own
+    preprocessing and Euler convention; ``device`` and ``box_margin`` as there)."""
+    if isinstance(predictor, Predictor):
+        return predictor
+    if isinstance(predictor, str | Path):
+        return load(predictor, device=device, box_margin=box_margin)
+    raise TypeError(
+        f"expected a Predictor (hpelib.load) or a checkpoint path, got {type(predictor).__name__}"
+    )
 
 
 @dataclass
@@ -92,29 +112,31 @@ def read_boxes_csv(path: str | Path) -> dict[int, np.ndarray]:
 
 
 def predict_frames(
-    predictor: Predictor,
+    predictor: Predictor | str | Path,
     frames: Iterable[np.ndarray],
     boxes: Mapping[int, Any] | None = None,
     detector: DetectorArg | None = None,
-    crop_rule: str | CropRule = "6drepnet",
+    crop_rule: str | CropRule | None = None,
     annotate_frames: bool = True,
 ) -> Iterator[FrameResult]:
     """Predict the head poses of a stream of frames, lazily (one frame in memory at a time).
 
     Args:
-        predictor: from :func:`hpelib.load`.
+        predictor: from :func:`hpelib.load`, or a checkpoint path (:func:`load_predictor`).
         frames: ``(H, W, 3)`` uint8 RGB arrays (or anything the predictor accepts).
         boxes: ``{frame index: (N, 4) face boxes}`` (the predictor's ``boxes``: enlarged by
             ``box_margin`` and made square); frames absent from it have no face.
         detector: ``"mediapipe"`` or a callable (see :meth:`Predictor.predict_faces`); every
             face found is predicted, crops made with ``crop_rule``.
-        crop_rule: detector box -> training crop (:mod:`hpelib.detect`).
+        crop_rule: detector box -> training crop (:mod:`hpelib.detect`); ``None``: the
+            checkpoint's (:attr:`hpelib.predict.Predictor.detection_crop_rule`).
         annotate_frames: draw boxes and axes on the returned frames.
 
     Without ``boxes`` and ``detector`` the whole frame is the face crop.
     """
     if boxes is not None and detector is not None:
         raise ValueError("give boxes or a detector, not both")
+    predictor = load_predictor(predictor)
     for index, frame in enumerate(frames):
         if detector is not None:
             pred = predictor.predict_faces(frame, detector, crop_rule)
@@ -215,20 +237,31 @@ def _open_writer(cv2: Any, path: Path, fps: float, size: tuple[int, int]) -> Any
     return writer
 
 
+def _check_not_inputs(outputs: list[str | Path | None], inputs: list[str | Path]) -> None:
+    """An output file that is one of the inputs (video, boxes CSV, checkpoint) is an error:
+    writing it would destroy the input."""
+    for out in outputs:
+        if out is None or not Path(out).exists():
+            continue
+        for given in inputs:
+            if Path(given).exists() and Path(out).samefile(given):
+                raise ValueError(f"output {str(out)!r} would overwrite the input {str(given)!r}")
+
+
 def predict_video(
-    predictor: Predictor,
+    predictor: Predictor | str | Path,
     source: str | int | Path,
     output_video: str | Path | None = None,
     output_csv: str | Path | None = None,
     boxes: Mapping[int, Any] | str | Path | None = None,
     detector: DetectorArg | None = None,
-    crop_rule: str | CropRule = "6drepnet",
+    crop_rule: str | CropRule | None = None,
     max_frames: int | None = None,
 ) -> pd.DataFrame:
     """Predict head poses on every frame of a video file or webcam.
 
     Args:
-        predictor: from :func:`hpelib.load`.
+        predictor: from :func:`hpelib.load`, or a checkpoint path (:func:`load_predictor`).
         source: video path, or webcam index (``0``).
         output_video: annotated video (boxes + axes); ``.mp4`` (mp4v) or ``.avi`` (MJPG).
         output_csv: per-frame table (see :func:`frames_table`).
@@ -240,6 +273,9 @@ def predict_video(
         the per-frame table.
     """
     cv2 = require_cv2()
+    inputs = [p for p in (source, boxes, predictor) if isinstance(p, str | Path)]
+    _check_not_inputs([output_video, output_csv], inputs)
+    predictor = load_predictor(predictor)
     if isinstance(boxes, str | Path):
         boxes = read_boxes_csv(boxes)
     frames, fps = iter_video_frames(source, max_frames)

@@ -7,7 +7,7 @@ The config is read as written; only what a small CPU run must change is rewritte
   (each copy a different identity, with a ``landmarks/`` file as the release has),
   AFLW2000 -> ``AFLW2000-dev`` (979 real faces), BIWI raw -> the one real BIWI frame,
   ``FolderPositiveSource`` -> a CSV of AFLW2000-dev faces with their CLERF yaw/pitch;
-* every ``pretrained`` -> ``false`` and every backbone ``checkpoint_path`` -> ``null`` (no
+* every ``pretrained`` -> ``false`` and every ``backbone_weights`` -> ``null`` (no
   downloads here), batch size 2, no workers;
 * the trainer: CPU, one device, full precision, no logger (so no ``LearningRateMonitor``),
   a couple of batches per stage and set, ``StageSwitch`` milestones moved so that every
@@ -154,8 +154,8 @@ def _remap(node: Any, fixtures: _Fixtures, small: bool) -> Any:
             node["image_size"] = SMALL_IMAGE_SIZE
     if "pretrained" in node:
         node["pretrained"] = False
-    if node.get("checkpoint_path") not in (None, "") and "backbone" in node:
-        node["checkpoint_path"] = None
+    if node.get("backbone_weights") not in (None, "") and "backbone" in node:
+        node["backbone_weights"] = None
     kind = None
     if "name" in node and "root" in node:
         kind = str(node["name"]).lower().replace("-", "_")

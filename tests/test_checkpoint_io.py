@@ -19,9 +19,13 @@ import yaml
 
 import hpelib
 from hpelib.checkpoint_io import (
+    PREPROCESSING_FIELDS,
+    PREPROCESSING_KEY,
     CheckpointReadError,
+    MissingPreprocessingError,
     UnsafeCheckpointError,
     atomic_torch_save,
+    checkpoint_preprocessing,
     read_checkpoint,
     trusted_checkpoints,
 )
@@ -138,6 +142,30 @@ def test_damaged_checkpoint_is_an_error_naming_the_file(good_checkpoint, tmp_pat
         hpelib.load(path)
 
 
+# ------------------------------------------------------------------ preprocessing record
+def test_preprocessing_record_is_read_from_the_new_and_the_old_place(good_checkpoint, tmp_path):
+    ckpt = read_checkpoint(good_checkpoint)
+    prep = checkpoint_preprocessing(ckpt, good_checkpoint)
+    assert tuple(prep) == PREPROCESSING_FIELDS
+    assert (prep["image_size"], prep["mean"], prep["std"], prep["grayscale"]) == (32, [0.5] * 3, [0.5] * 3, False)
+    assert prep["dataset"] == "tests.toy.AxisGlyphDataset" and prep["euler_convention"] == "300wlp"
+    assert hpelib.load(good_checkpoint).preprocessing == prep
+    # Checkpoints of older versions: the datamodule's state only; the convention from the
+    # hyper-parameters when they name it, else from the module hpelib.load builds.
+    old = {k: v for k, v in ckpt.items() if k != PREPROCESSING_KEY}
+    assert "HPEDataModule" in old
+    old_prep = checkpoint_preprocessing(old, "old.ckpt")
+    assert old_prep["image_size"] == 32 and old_prep["crop_rule"] is None
+    torch.save(old, tmp_path / "old.ckpt")
+    assert hpelib.load(tmp_path / "old.ckpt").preprocessing == {
+        **old_prep, "euler_convention": "300wlp", "dataset": None}
+    del old["HPEDataModule"]
+    torch.save(old, tmp_path / "bare.ckpt")
+    for read in (lambda: checkpoint_preprocessing(old, "bare.ckpt"), lambda: hpelib.load(tmp_path / "bare.ckpt")):
+        with pytest.raises(MissingPreprocessingError, match=r"bare\.ckpt.*no preprocessing record"):
+            read()
+
+
 # ------------------------------------------------------------------ every loading path
 def test_load_and_load_module_refuse(crafted, marker):
     for load in (hpelib.load, hpelib.predict.load_module):
@@ -151,7 +179,8 @@ def test_export_refuses_then_trusts_on_request(crafted, marker, tmp_path):
     from hpelib.export import main as export_main
 
     out = tmp_path / "m.onnx"
-    with pytest.raises(UnsafeCheckpointError) as info:
+    # hpelib export reports errors as a SystemExit with the message (a command-line tool).
+    with pytest.raises((UnsafeCheckpointError, SystemExit)) as info:
         export_main(["--ckpt", str(crafted), "--output", str(out)])
     _assert_refused(info.value, crafted, marker)
     assert not out.exists()
@@ -180,8 +209,8 @@ def test_method_weight_arguments_refuse(good_checkpoint, tmp_path, marker):
     with pytest.raises(UnsafeCheckpointError, match="init_weights") as info:
         LECHPE(backbone="test_resnet", init_weights=evil)
     _assert_refused(info.value, evil, marker)
-    with pytest.raises(UnsafeCheckpointError, match="backbone checkpoint_path") as info:
-        create_backbone("test_resnet", checkpoint_path=evil)
+    with pytest.raises(UnsafeCheckpointError, match="backbone_weights") as info:
+        create_backbone("test_resnet", backbone_weights=evil)
     _assert_refused(info.value, evil, marker)
 
 

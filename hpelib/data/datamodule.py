@@ -19,13 +19,15 @@ batched augmentation (train only, labels transformed with the images) and normal
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from kornia.color import rgb_to_grayscale
 from lightning.pytorch import LightningDataModule
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import (
     ConcatDataset,
     DataLoader,
@@ -39,12 +41,26 @@ from hpelib.data.sample import collate_samples
 from hpelib.specs import instantiate_spec, plain_spec
 
 __all__ = [
+    "AugmentationName",
+    "BatchTransform",
     "HPEDataModule",
     "EpochDataLoader",
     "build_dataset_from_spec",
+    "dataset_spec_problems",
     "set_dataset_epoch",
     "NORMALIZATIONS",
 ]
+
+#: The pipeline names :func:`hpelib.data.transforms.build_augmentation` takes (the
+#: ``AUGMENTATIONS`` tuple there; a test keeps the two equal). As a ``Literal`` the CLI checks
+#: a name when it parses the config and its help lists them.
+AugmentationName = Literal["none", "mirror", "full_range", "clerf", "opnet"]
+
+#: A batch augmentation: batch dict -> batch dict (an ``nn.Module`` or any callable). Typed as
+#: a callable, not ``nn.Module``, so that ``hpelib fit --help`` does not list every torch,
+#: timm and kornia module as a choice; a ``class_path`` of any such class is still accepted
+#: and its ``init_args`` checked when the config is parsed.
+BatchTransform = Callable[[dict[str, Any]], dict[str, Any]]
 
 #: Named input normalisations: (mean, std) per channel applied to images in [0, 1].
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -72,6 +88,99 @@ def build_dataset_from_spec(spec: Any) -> Dataset:
         kwargs = dict(spec)
         return build_dataset(kwargs.pop("name"), **kwargs)
     raise ValueError(f"dataset spec {dict(spec)!r} needs a 'name' (registry) or a 'class_path'")
+
+
+#: Keys of a ``class_path`` dataset spec besides its constructor's arguments.
+_CLASS_SPEC_KEYS = ("class_path", "init_args", *_SPEC_META_KEYS)
+
+
+def _signature_problems(factory: Any, args: Mapping[str, Any], what: str, where: str) -> list[str]:
+    """Unknown or missing constructor arguments of ``factory`` given ``args``."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    known = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    problems = []
+    for key in args:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                f"{where}: {key!r} is not an argument of {what}{hint} Its arguments: "
+                f"{', '.join(known)}"
+            )
+    missing = [
+        n for n, p in params.items()
+        if p.default is inspect.Parameter.empty and n not in args
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]  # fmt: skip
+    if missing:
+        problems.append(f"{where}: {what} needs {', '.join(repr(m) for m in missing)}")
+    return problems
+
+
+def _nested_problems(args: Mapping[str, Any], where: str) -> list[str]:
+    """Specs inside constructor arguments: any ``class_path`` mapping (a wrapped dataset, a
+    crop rule) and a name-style spec given as a ``dataset`` argument (``SplitDataset``)."""
+    problems = []
+    for key, value in args.items():
+        if isinstance(value, Mapping) and (
+            "class_path" in value or (key == "dataset" and "name" in value)
+        ):
+            problems += dataset_spec_problems(value, f"{where}.{key}")
+    return problems
+
+
+def dataset_spec_problems(spec: Any, where: str = "dataset spec", sets: bool = False) -> list[str]:
+    """What is wrong with a dataset spec (see the module docstring), before anything is
+    built: an unknown registry name or class_path, a key that is not an argument of the
+    dataset's constructor (with the closest argument name), a missing required argument;
+    specs nested in the arguments are checked too. ``sets``: ``spec`` may map set names to
+    specs (``data.test``). Returns one message per problem, each starting with ``where``
+    and the key path (``data.train.init_args.rooot``); ``[]`` when the spec is fine.
+    A ``Dataset`` instance or ``None`` is fine."""
+    spec = plain_spec(spec)
+    if spec is None or isinstance(spec, Dataset):
+        return []
+    if isinstance(spec, list | tuple):
+        return [p for i, s in enumerate(spec) for p in dataset_spec_problems(s, f"{where}.{i}")]
+    if not isinstance(spec, Mapping):
+        return [f"{where}: a dataset spec is a mapping or a list of them, got {spec!r}"]
+    if "class_path" in spec:
+        from hpelib.specs import import_object
+
+        extra = [k for k in spec if k not in _CLASS_SPEC_KEYS]
+        problems = [
+            f"{where}: {k!r} is not a key of a class_path spec (class_path, init_args, weight, "
+            f"label); constructor arguments go under init_args"
+            for k in extra
+        ]
+        try:
+            factory = import_object(spec["class_path"])
+        except ValueError as err:
+            return [*problems, f"{where}.class_path: {err}"]
+        args = spec.get("init_args") or {}
+        if not isinstance(args, Mapping):
+            return [*problems, f"{where}.init_args: a mapping of arguments, got {args!r}"]
+        what = str(spec["class_path"])
+        problems += _signature_problems(factory, args, what, f"{where}.init_args")
+        return problems + _nested_problems(args, f"{where}.init_args")
+    if "name" in spec:
+        from hpelib.data.datasets.registry import dataset_class
+
+        try:
+            factory = dataset_class(str(spec["name"]))
+        except ValueError as err:
+            return [f"{where}.name: {err}"]
+        args = {k: v for k, v in spec.items() if k not in ("name", *_SPEC_META_KEYS)}
+        what = f"{getattr(factory, '__name__', factory)} (registry name {spec['name']!r})"
+        return _signature_problems(factory, args, what, where) + _nested_problems(args, where)
+    if sets:
+        return [p for k, s in spec.items() for p in dataset_spec_problems(s, f"{where}.{k}")]
+    return [f"{where}: dataset spec {dict(spec)!r} needs a 'name' (registry) or a 'class_path'"]
 
 
 def _spec_list(spec: Any) -> list[Any]:
@@ -214,17 +323,42 @@ class HPEDataModule(LightningDataModule):
     """Datasets by spec, batched on-device augmentation, normalisation, DDP-ready loaders.
 
     Args:
-        train, val, predict: dataset spec or list of specs.
+        train: dataset spec or list of specs (each may carry a sampling ``weight``).
+            A name spec ``{name: 300w_lp, root: ...}`` or ``{class_path: ..., init_args:
+            {...}}``; ``hpelib fit`` overrides one key with ``--data.train.root X`` or
+            ``--data.train.init_args.root X`` (``--data.train.0.root X`` in a list). Keys are
+            checked against the dataset's constructor before anything runs.
+        val: dataset spec or list of specs (never the test set: e.g. a held-out
+            ``hpelib.data.splits.SplitDataset`` part of the training data).
         test: spec, list of specs, or mapping ``{name: spec}`` (one metric group per set).
-        samples_per_epoch: draw this many training items per epoch with the specs' ``weight``
-            (with replacement); default: one pass over the concatenated datasets.
+        predict: dataset spec of ``hpelib predict``, labels not needed: e.g. a folder of
+            images ``{name: folder, root: /path/to/faces, image_size: 64}``
+            (:class:`~hpelib.data.datasets.ImageFolderDataset`).
+        samples_per_epoch: draw this many training items per epoch with the
+            specs' ``weight`` (with replacement); default: one pass over the concatenated datasets.
         batch_size: training batch size (per process under DDP). Training batches are full
             (``drop_last``): a training set with fewer items per process than ``batch_size``
             is a ``ValueError`` when the train loader is built, not an epoch without batches.
         eval_batch_size: validation/test batch size (default: ``batch_size``).
         num_workers: DataLoader workers.
-        augmentation: name for :func:`hpelib.data.transforms.build_augmentation` (``"none"``,
-            ``"mirror"``, ``"clerf"``, ``"opnet"``) or an ``nn.Module`` batch transform.
+        augmentation: training batch augmentation (batch dict -> batch dict, images and
+            labels transformed together). A pipeline name of
+            ``hpelib.data.transforms.build_augmentation``: ``none``, ``mirror``, ``full_range``,
+            ``clerf``, ``opnet``. Or a class_path: the papers' pipelines
+            ``hpelib.methods.clerf.CLERFPaperAugmentation``,
+            ``hpelib.methods.lechpe.LECHPEAugmentation``,
+            ``hpelib.methods.opnet.OpNetAugmentation``,
+            ``hpelib.methods.rankpose.RankPoseAugmentation``; their parts
+            ``hpelib.methods.lechpe.PILBlur``, ``hpelib.methods.lechpe.NearestResample``,
+            ``hpelib.methods.rankpose.RandomZoomCrop``,
+            ``hpelib.methods.rankpose.RandomGaussianNoiseVariance``; the transforms in
+            ``hpelib.data.transforms``:
+            ``RandomHorizontalMirror``, ``RandomInPlaneRotation``, ``RandomLineFlip``,
+            ``RandomScaleTranslate``, ``RandomRightAngleRotation``, ``RandomBoxFraming``,
+            ``RandomGeometric`` (fuses geometric ones into one warp), ``RandomOcclusion``,
+            ``RandomColorJitter``, ``RandomCoarseDropout``, ``RandomDownsample``,
+            ``RandomSomeOf``, ``KorniaPhotometric``, ``Grayscale``; or your own module (any
+            class_path; an ``nn.Module`` instance from Python).
         normalize: ``"imagenet"``, ``"symmetric"`` (to [-1, 1]), ``"none"`` or ``[mean, std]``.
         grayscale: convert images to one luminance channel repeated 3 times (OpNet).
         seed: seed of the training order (shuffle or weighted draws): epoch ``k`` uses
@@ -246,7 +380,7 @@ class HPEDataModule(LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        augmentation: str | nn.Module | None = None,
+        augmentation: AugmentationName | BatchTransform | None = None,
         normalize: str | Sequence[Sequence[float]] = "imagenet",
         grayscale: bool = False,
         seed: int = 0,
@@ -254,6 +388,13 @@ class HPEDataModule(LightningDataModule):
         super().__init__()
         self.train_spec, self.val_spec, self.predict_spec = plain_spec(train), plain_spec(val), plain_spec(predict)
         self.test_spec = plain_spec(test)
+        problems = [
+            p
+            for stage, spec in (("train", train), ("val", val), ("test", test), ("predict", predict))
+            for p in dataset_spec_problems(spec, f"data.{stage}", sets=stage == "test")
+        ]
+        if problems:
+            raise ValueError("HPEDataModule: " + "\n".join(problems))
         self.samples_per_epoch = samples_per_epoch
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -272,9 +413,13 @@ class HPEDataModule(LightningDataModule):
         self._train_labels: list[str] = []
 
     @staticmethod
-    def _build_augmentation(augmentation: str | nn.Module | None) -> nn.Module | None:
-        if augmentation is None or isinstance(augmentation, nn.Module):
+    def _build_augmentation(augmentation: Any) -> BatchTransform | None:
+        """A pipeline name -> its module; a module or callable as given; a ``class_path``
+        mapping (Python callers; the CLI instantiates it) -> the instance."""
+        if augmentation is None or callable(augmentation):
             return augmentation
+        if isinstance(augmentation, Mapping):
+            return instantiate_spec(augmentation)
         from hpelib.data.transforms import build_augmentation
 
         return build_augmentation(augmentation)

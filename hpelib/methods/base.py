@@ -13,9 +13,11 @@ optionally overriding ``training_forward(batch)`` when training needs more than 
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any, ClassVar
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -24,13 +26,22 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
+from hpelib.checkpoint_io import PREPROCESSING_KEY, read_checkpoint
 from hpelib.data.sample import mask_key
 from hpelib.metrics import PoseMetrics
 from hpelib.metrics.pose import predicted_euler
 from hpelib.plugins import AtomicCheckpointIO
 from hpelib.rotation import euler_names, rotation_to_euler
+from hpelib.specs import import_object, plain_spec
 
-__all__ = ["HPEModule", "method_class", "registered_methods"]
+__all__ = [
+    "HPEModule",
+    "evaluation_crop",
+    "method_class",
+    "module_from_checkpoint",
+    "registered_methods",
+    "renamed_backbone_weights",
+]
 
 # Every HPEModule subclass by "module.QualName", filled as classes are defined: checkpoints
 # name their class this way, and loading only looks it up here, never imports what a file names.
@@ -66,6 +77,169 @@ def method_class(class_path: Any, source: str = "checkpoint") -> type[HPEModule]
     return methods[class_path]
 
 
+def renamed_backbone_weights(
+    backbone_weights: Any, checkpoint_path: Any, method: str
+) -> Any:
+    """``backbone_weights``, or the value given under its old name ``checkpoint_path``
+    (a ``FutureWarning`` naming the new one; both at once is an error). The old name
+    collided with Lightning's ``load_from_checkpoint(checkpoint_path, ...)``."""
+    if checkpoint_path is None:
+        return backbone_weights
+    if backbone_weights is not None:
+        raise ValueError(
+            f"{method}: give backbone_weights only (checkpoint_path is its old, deprecated name)"
+        )
+    import warnings
+
+    warnings.warn(
+        f"{method}(checkpoint_path=...) is deprecated: the backbone's local weights file is "
+        "now `backbone_weights` (rename the key in your config)",
+        FutureWarning,  # shown to users by default, unlike DeprecationWarning
+        stacklevel=3,
+    )
+    return checkpoint_path
+
+
+# ----------------------------------------------------------------------------- dataset specs
+def _qualified(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _dataset_factory(spec: Any) -> Callable[..., Any] | None:
+    """The class a dataset spec builds (registry name, ``class_path`` or instance), or
+    ``None`` when it cannot be told without building it."""
+    from torch.utils.data import Dataset
+
+    if isinstance(spec, Dataset):
+        return type(spec)
+    if not isinstance(spec, Mapping):
+        return None
+    if "class_path" in spec:
+        try:
+            return import_object(spec["class_path"])
+        except ValueError:
+            return None
+    if "name" in spec:
+        import hpelib.data.datasets  # noqa: F401  (registers the loaders)
+        from hpelib.data.datasets.registry import DATASETS, normalize_name
+
+        key = normalize_name(str(spec["name"]))
+        if key not in DATASETS:
+            try:
+                import hpelib.data.synthetic  # noqa: F401  (registers the synthetic sets)
+            except ImportError:
+                pass
+        return DATASETS.get(key)
+    return None
+
+
+def _parameter(factory: Callable[..., Any], name: str) -> inspect.Parameter | None:
+    try:
+        return inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+
+
+def _spec_args(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments a mapping spec gives (``init_args`` of a class_path spec)."""
+    if "class_path" in spec:
+        return dict(spec.get("init_args") or {})
+    return {k: v for k, v in spec.items() if k not in ("name", "weight", "label")}
+
+
+def _crop_rule_record(rule: Any) -> Any:
+    """A crop rule as a dataset spec takes it and JSON holds it: a name, a
+    ``{class_path, init_args}`` mapping, or ``None`` for a callable without a name."""
+    if rule is None or isinstance(rule, str):
+        return rule
+    if isinstance(rule, Mapping):
+        return plain_spec(dict(rule))
+    from hpelib.data.datasets.base import CROP_RULES
+
+    return next((name for name, fn in CROP_RULES.items() if fn is rule), None)
+
+
+def evaluation_crop(spec: Any) -> dict[str, Any]:
+    """How a dataset spec crops: ``{"dataset": class path, "crop_rule": ..., "box_source":
+    ...}`` (the spec's own values, else the dataset class's defaults; ``None`` where the
+    class has no such argument). A wrapper spec (``SplitDataset``, ``SAVariant``...) with no
+    crop of its own describes the dataset it wraps. ``{}`` for a spec that names no class."""
+    spec = plain_spec(spec)
+    factory = _dataset_factory(spec)
+    if factory is None:
+        return {}
+    if not isinstance(spec, Mapping):  # a Dataset instance
+        inner = getattr(spec, "dataset", None)
+        if not hasattr(spec, "crop_rule") and _dataset_factory(inner) is not None:
+            return evaluation_crop(inner)  # a wrapper (Subset, SplitDataset, a variant)
+        return {
+            "dataset": _qualified(factory),
+            "crop_rule": _crop_rule_record(getattr(spec, "crop_rule", None)),
+            "box_source": getattr(spec, "box_source", None),
+        }
+    args = _spec_args(spec)
+    if _parameter(factory, "crop_rule") is None and "dataset" in args:
+        return evaluation_crop(args["dataset"])
+    out: dict[str, Any] = {"dataset": _qualified(factory)}
+    for key in ("crop_rule", "box_source"):
+        param = _parameter(factory, key)
+        default = None if param is None or param.default is inspect.Parameter.empty else param.default
+        out[key] = args.get(key, default) if param is not None else None
+    out["crop_rule"] = _crop_rule_record(out["crop_rule"])
+    return out
+
+
+def _first_spec(spec: Any) -> Any:
+    """The first dataset spec of a stage (``test`` may map set names to specs)."""
+    spec = plain_spec(spec)
+    if isinstance(spec, Mapping) and not ({"name", "class_path"} & set(spec)):
+        return next(iter(spec.values()), None)
+    if isinstance(spec, list | tuple):
+        return spec[0] if spec else None
+    return spec
+
+
+# ----------------------------------------------------------------------------- loading
+def _pop_private_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved hyper-parameters as plain constructor arguments: Lightning's
+    ``_instantiator``/``_class_path`` entries (which would hand them to jsonargparse, able to
+    import classes they name) are dropped; the class comes from hpelib's registry."""
+    out = dict(hparams or {})
+    for key in ("_instantiator", "_class_path"):
+        out.pop(key, None)
+    return out
+
+
+def module_from_checkpoint(
+    checkpoint: dict[str, Any],
+    source: str,
+    cls: type[HPEModule] | None = None,
+    strict: bool | None = True,
+    **overrides: Any,
+) -> HPEModule:
+    """Rebuild the method a checkpoint dict holds: the registered class it names
+    (``hpelib_class_path``; ``cls`` when given must be it or a base of it), constructed from
+    the saved hyper-parameters with the init-only ones replaced
+    (:meth:`HPEModule.hparams_for_loading`: no ImageNet download, no initial-weights file),
+    then ``overrides`` (the caller's explicit arguments win), and the saved weights loaded.
+    ``source`` names the file in errors."""
+    from lightning.pytorch.core.saving import _load_state
+
+    named = checkpoint.get("hpelib_class_path")
+    target = method_class(named, source) if named is not None else cls
+    if target is None:
+        raise ValueError(f"{source} was not written by an hpelib method (no hpelib_class_path)")
+    if cls is not None and not issubclass(target, cls):
+        raise ValueError(f"{source} holds a {target.__name__}, not a {cls.__name__}")
+    key = target.CHECKPOINT_HYPER_PARAMS_KEY
+    hparams = target.hparams_for_loading(
+        _pop_private_hparams(checkpoint.get(key) or {}), checkpoint.get("state_dict")
+    )
+    hparams.update(overrides)
+    module = _load_state(target, {**checkpoint, key: hparams}, strict=strict)
+    return module
+
+
 def _rotation_mask(batch: dict[str, Any]) -> Tensor:
     key = mask_key("rotation")
     if key in batch:
@@ -93,6 +267,18 @@ class HPEModule(LightningModule):
     #: Euler angles directly (LEC-HPE: ``"300wlp"``); its per-angle metrics then use those
     #: angles when the metric's convention is the same. None: the method predicts a rotation.
     euler_output_convention: str | None = None
+
+    #: Constructor arguments that only choose the *initial* weights, which a trained
+    #: checkpoint's state dict replaces, with the value every loading path uses instead of
+    #: the saved one (:func:`hpelib.load`, :meth:`load_from_checkpoint`, ``hpelib
+    #: test/validate/predict --ckpt_path``): loading then downloads no ImageNet weights and
+    #: needs none of the initial files. A method adds its own (CLERF ``encoder_checkpoint``,
+    #: LEC-HPE ``init_weights``); ``checkpoint_path`` is the old name of ``backbone_weights``.
+    INIT_ONLY_HPARAMS: ClassVar[dict[str, Any]] = {
+        "pretrained": False,
+        "backbone_weights": None,
+        "checkpoint_path": None,
+    }
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -275,6 +461,104 @@ class HPEModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lets ``hpelib.load(path)`` rebuild the right class without being told.
         checkpoint["hpelib_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        record = self.preprocessing_record()
+        if record is not None:
+            checkpoint[PREPROCESSING_KEY] = record
+
+    def preprocessing_record(self) -> dict[str, Any] | None:
+        """What inference must repeat, saved in every checkpoint as
+        ``checkpoint["hpelib_preprocessing"]`` (read back by
+        :func:`hpelib.checkpoint_io.checkpoint_preprocessing`); ``None`` without an attached
+        :class:`~hpelib.data.HPEDataModule`. Plain JSON values:
+
+        * ``image_size``, ``mean``, ``std``, ``grayscale``: the network input
+          (``HPEDataModule.preprocessing()``);
+        * ``dataset``, ``crop_rule``, ``box_source``: the crop of the evaluation data (the
+          validation set, else the first test set, else the training set), as
+          :func:`evaluation_crop` describes it;
+        * ``euler_convention``, ``euler_output_convention``: this module's.
+        """
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        describe = getattr(datamodule, "preprocessing", None)
+        if not callable(describe):
+            return None
+        record: dict[str, Any] = {k: v for k, v in dict(describe()).items()}
+        specs = (getattr(datamodule, k, None) for k in ("val_spec", "test_spec", "train_spec"))
+        spec = next((s for s in map(_first_spec, specs) if s is not None), None)
+        crop = evaluation_crop(spec) if spec is not None else {}
+        record.update(
+            dataset=crop.get("dataset"),
+            crop_rule=crop.get("crop_rule"),
+            box_source=crop.get("box_source"),
+            euler_convention=self.euler_convention,
+            euler_output_convention=self.euler_output_convention,
+        )
+        return record
+
+    @classmethod
+    def hparams_for_loading(
+        cls, hparams: Mapping[str, Any], state_dict: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Any]:
+        """Saved hyper-parameters -> the constructor arguments that rebuild the trained
+        module: each :data:`INIT_ONLY_HPARAMS` entry the checkpoint has gets its loading
+        value. A method whose initial state needs more (OpNet's keypoint-model file) extends
+        this, reading shapes from ``state_dict`` when given."""
+        out = dict(hparams)
+        for key, value in cls.INIT_ONLY_HPARAMS.items():
+            if key in out:
+                out[key] = value
+        return out
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | os.PathLike[str] | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> HPEModule:
+        """Lightning's ``load_from_checkpoint``, offline and safe:
+
+        * the init-only hyper-parameters (:data:`INIT_ONLY_HPARAMS`) get their loading
+          values, so a model fine-tuned from ``pretrained: true`` or a local weights file
+          loads without network access and after that file is gone; explicit ``kwargs``
+          still win, as in Lightning;
+        * the file is read with :func:`hpelib.checkpoint_io.read_checkpoint` (no code runs
+          from it; ``weights_only=False`` is the opt-in for a trusted file);
+        * the class is the registered method the checkpoint names, so
+          ``HPEModule.load_from_checkpoint(path)`` returns a :class:`SixD` for a SixD file.
+        """
+        from lightning.pytorch.core.saving import (
+            _default_map_location,
+            load_hparams_from_tags_csv,
+            load_hparams_from_yaml,
+            pl_load,
+        )
+        from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+
+        location = map_location or _default_map_location
+        if isinstance(checkpoint_path, str | os.PathLike):
+            trust = None if weights_only is None else not weights_only
+            source = f"checkpoint {str(checkpoint_path)!r}"
+            ckpt = read_checkpoint(checkpoint_path, trust_checkpoint=trust, map_location=location)
+            ckpt = _pl_migrate_checkpoint(ckpt, checkpoint_path=checkpoint_path)
+        else:  # an open file: Lightning's reader (torch.load, weights_only by default)
+            source = "checkpoint"
+            ckpt = pl_load(checkpoint_path, map_location=location, weights_only=weights_only)
+            ckpt = _pl_migrate_checkpoint(ckpt)
+        if hparams_file is not None:
+            suffix = str(hparams_file).rsplit(".", 1)[-1].lower()
+            if suffix not in ("csv", "yml", "yaml"):
+                raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
+            load = load_hparams_from_tags_csv if suffix == "csv" else load_hparams_from_yaml
+            ckpt[cls.CHECKPOINT_HYPER_PARAMS_KEY] = load(hparams_file)
+        module = module_from_checkpoint(ckpt, source, cls, strict, **kwargs)
+        state = ckpt.get("state_dict") or {}
+        tensor = next((t for t in state.values() if isinstance(t, Tensor)), None)
+        return module.to(tensor.device) if tensor is not None else module
 
     # ----------------------------------------------------------------- optimisation
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -26,7 +26,8 @@ from hpelib.methods.opnet import (
     synthetic_keypoint_model,
 )
 from hpelib.methods.opnet import loss as opl
-from hpelib.methods.opnet.model import inv_smoothclip, tril_from_features
+from hpelib.methods.opnet import model as opnet_model
+from hpelib.methods.opnet.model import inv_smoothclip, regularized_cholesky, tril_from_features
 from tests.toy import AxisGlyphDataset
 
 
@@ -134,6 +135,69 @@ def test_covariance_paper_form_is_m_mt_plus_eps():
     assert torch.allclose(tril, flipped + 0.01 * torch.eye(3), atol=1e-6)
     with pytest.raises(ValueError, match="form='cholesky'"):
         CovarianceHead(4, form="cholesky")
+
+
+def _cholesky_of_formed(m: torch.Tensor, eps: float) -> torch.Tensor:
+    """The factor as the code computed it before #24: Cholesky of the formed matrix."""
+    return torch.linalg.cholesky(m @ m.mT + eps * torch.eye(3, dtype=m.dtype))
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1.0, 5.0])
+def test_regularized_cholesky_is_the_cholesky_factor_of_m_mt_plus_eps(scale):
+    g = torch.Generator().manual_seed(0)
+    m = (torch.randn(4096, 3, 3, generator=g) * scale).tril()
+    exact = _cholesky_of_formed(m.double(), 1e-4)
+    got = regularized_cholesky(m, 1e-4)
+    assert got.dtype == m.dtype and torch.equal(got, got.tril())
+    assert (torch.diagonal(got, dim1=-2, dim2=-1) > 0).all()
+    # Within float32 rounding of the exact factor of the same matrix ...
+    assert (got.double() - exact).abs().max() <= 1e-6 * max(scale, 1.0) ** 2
+    # ... and no further from it than the float32 Cholesky of the formed matrix.
+    formed = _cholesky_of_formed(m, 1e-4).double()
+    assert (got.double() - exact).abs().max() <= (formed - exact).abs().max()
+
+
+def test_regularized_cholesky_never_fails_where_cholesky_of_the_formed_matrix_does():
+    # Rank-deficient M with large entries: M M^T + eps I is PD, but forming it in float32
+    # loses eps and torch.linalg.cholesky fails; the factor from M stays exact.
+    m = torch.tensor([[[300.0, 0, 0], [300.0, 0, 0], [1.0, 2.0, 0]]])
+    with pytest.raises(torch.linalg.LinAlgError):
+        _cholesky_of_formed(m, 1e-4)
+    got = regularized_cholesky(m, 1e-4)
+    exact = _cholesky_of_formed(m.double(), 1e-4)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), exact, rtol=1e-4, atol=1e-6)
+
+
+def test_regularized_cholesky_gradient():
+    m = torch.randn(3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.autograd.gradcheck(lambda x: regularized_cholesky(x.tril(), 1e-2), (m.requires_grad_(),))
+
+
+@pytest.mark.parametrize("form", ["paper", "released"])
+def test_opnet_outputs_equal_the_formulas_before_onnx_export(form, monkeypatch):
+    """Every output key of the model is what the pre-#24 code gave: all bit for bit but the
+    paper form's scale_tril, which matches torch.linalg.cholesky(M M^T + eps I) to float32
+    rounding."""
+    torch.manual_seed(0)
+    keypoints = DeformableKeypoints(*synthetic_keypoint_model(4, num_identities=16))
+    net = OpNetModel("test_resnet", keypoints=keypoints, covariance_form=form).eval()
+    with torch.no_grad():  # input-dependent, far from identity factors
+        for head in (net.rotation_cov, net.coord_cov):
+            head.norm.weight.fill_(2.0)
+            head.norm.running_var.fill_(1e-3)
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        new = net(images)
+        monkeypatch.setattr(opnet_model, "regularized_cholesky", _cholesky_of_formed)
+        old = net(images)
+    assert new.keys() == old.keys()
+    assert new["rotation_scale_tril"].std(0).max() > 0.1  # the factors vary with the input
+    for key in new:
+        if key.endswith("scale_tril") and form == "paper":
+            torch.testing.assert_close(new[key], old[key], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(new[key], old[key]), key
 
 
 # ------------------------------------------------------------------ NLLs and losses

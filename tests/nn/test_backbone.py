@@ -61,13 +61,13 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path) -> None:
     path = tmp_path / "small_resnet.pth"
     torch.save(module.state_dict(), path)
     # Same kwargs: the local weights load exactly.
-    again, _ = create_backbone("resnet18", checkpoint_path=path, **SMALL_RESNET)
+    again, _ = create_backbone("resnet18", backbone_weights=path, **SMALL_RESNET)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(module.eval()(x), again.eval()(x))
     wider = {**SMALL_RESNET, "channels": [8, 16, 24, 48]}
     with pytest.raises(ValueError, match=r"pretrained weights of backbone 'resnet18' do not fit"):
-        create_backbone("resnet18", checkpoint_path=path, **wider)
+        create_backbone("resnet18", backbone_weights=path, **wider)
 
 
 @pytest.mark.parametrize("method", [SixD, RankPose, LECHPE, OpNet, CLERF, CLERFSupervised])

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from torch.utils.data import Dataset
 
-__all__ = ["DATASETS", "build_dataset", "register_dataset", "normalize_name"]
+__all__ = ["DATASETS", "build_dataset", "dataset_class", "register_dataset", "normalize_name"]
 
 #: Registered dataset factories (classes) by normalised name; aliases share the class.
 DATASETS: dict[str, Callable[..., Dataset]] = {}
@@ -49,8 +49,8 @@ def register_dataset(*names: str) -> Callable[[T], T]:
     return decorator
 
 
-def build_dataset(name: str, **kwargs: Any) -> Dataset:
-    """Instantiate the dataset registered as ``name`` with ``kwargs``.
+def dataset_class(name: str) -> Callable[..., Dataset]:
+    """The dataset class (factory) registered as ``name``.
 
     Raises ``ValueError`` listing the known names when ``name`` is not registered.
     """
@@ -63,7 +63,15 @@ def build_dataset(name: str, **kwargs: Any) -> Dataset:
     if key not in DATASETS:
         known = ", ".join(sorted(DATASETS))
         raise ValueError(f"unknown dataset name {name!r}; known: {known}")
-    return DATASETS[key](**kwargs)
+    return DATASETS[key]
+
+
+def build_dataset(name: str, **kwargs: Any) -> Dataset:
+    """Instantiate the dataset registered as ``name`` with ``kwargs``.
+
+    Raises ``ValueError`` listing the known names when ``name`` is not registered.
+    """
+    return dataset_class(name)(**kwargs)
 
 
 def _import_optional_registrants() -> None:

@@ -32,7 +32,7 @@ class CLERFEncoder(nn.Module):
             equal to the backbone's feature size uses the pooled features directly (the
             paper's setting for Swin V2 Base); otherwise a linear projection is added.
         pretrained: timm ImageNet weights (needs network or a warm cache).
-        checkpoint_path: local backbone weights instead of a download.
+        backbone_weights: local backbone weights instead of a download.
         drop_rate: dropout before the (removed) classifier.
         backbone_kwargs: further timm constructor arguments of the backbone (see
             :func:`hpelib.nn.create_backbone`).
@@ -43,7 +43,7 @@ class CLERFEncoder(nn.Module):
         backbone: str = "resnet18",
         embedding_dim: int | None = 1024,
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         drop_rate: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -51,7 +51,7 @@ class CLERFEncoder(nn.Module):
         if embedding_dim is not None and embedding_dim <= 0:
             raise ValueError(f"embedding_dim must be a positive int or None, got {embedding_dim}")
         self.backbone, num_features = create_backbone(
-            backbone, pretrained, checkpoint_path, drop_rate=drop_rate, **(backbone_kwargs or {})
+            backbone, pretrained, backbone_weights, drop_rate=drop_rate, **(backbone_kwargs or {})
         )
         if embedding_dim is None or embedding_dim == num_features:
             self.projection: nn.Module = nn.Identity()
@@ -87,7 +87,7 @@ class CLERFNet(nn.Module):
     """Encoder + pose head. ``forward(images) -> (embedding (B, F), rotation (B, 3, 3))``.
 
     Args:
-        backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, backbone_kwargs: see
+        backbone, embedding_dim, pretrained, backbone_weights, drop_rate, backbone_kwargs: see
             :class:`CLERFEncoder`.
         head_hidden, head_depth, head_input_skip: see :class:`PoseMLP` (paper: 256, 4, True).
     """
@@ -97,7 +97,7 @@ class CLERFNet(nn.Module):
         backbone: str = "resnet18",
         embedding_dim: int | None = 1024,
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         drop_rate: float = 0.0,
         head_hidden: int = 256,
         head_depth: int = 4,
@@ -106,7 +106,7 @@ class CLERFNet(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = CLERFEncoder(
-            backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, backbone_kwargs
+            backbone, embedding_dim, pretrained, backbone_weights, drop_rate, backbone_kwargs
         )
         self.head = PoseMLP(self.encoder.embedding_dim, head_hidden, head_depth, head_input_skip)
 

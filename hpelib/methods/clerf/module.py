@@ -34,7 +34,7 @@ from torch import Tensor
 from hpelib.callbacks.stages import enable_unused_parameter_detection
 from hpelib.checkpoint_io import read_checkpoint
 from hpelib.data.sample import mask_key
-from hpelib.methods.base import HPEModule
+from hpelib.methods.base import HPEModule, renamed_backbone_weights
 from hpelib.methods.clerf.early_stopping import PoseEarlyStopping
 from hpelib.methods.clerf.loss import CLERFContrastiveLoss
 from hpelib.methods.clerf.model import CLERFNet
@@ -65,7 +65,7 @@ class _CLERFBase(HPEModule):
         backbone: str,
         embedding_dim: int | None,
         pretrained: bool,
-        checkpoint_path: str | Path | None,
+        backbone_weights: str | Path | None,
         drop_rate: float,
         head_hidden: int,
         head_depth: int,
@@ -82,7 +82,7 @@ class _CLERFBase(HPEModule):
         kwargs.setdefault("euler_convention", "clerf")
         super().__init__(**kwargs)
         self.model = CLERFNet(
-            backbone, embedding_dim, pretrained, checkpoint_path, drop_rate,
+            backbone, embedding_dim, pretrained, backbone_weights, drop_rate,
             head_hidden, head_depth, head_input_skip, backbone_kwargs,
         )
         self.positive_key = positive_key
@@ -120,7 +120,8 @@ class CLERF(_CLERFBase):
         backbone: timm name of ``E`` (paper: ``swinv2_base_window8_256``).
         embedding_dim: representation size (paper: 1024); see
             :class:`~hpelib.methods.clerf.model.CLERFEncoder`.
-        pretrained, checkpoint_path, drop_rate: backbone weights and dropout.
+        pretrained, backbone_weights, drop_rate: backbone weights (``backbone_weights``: a
+            local file instead of timm's download) and dropout.
         head_hidden, head_depth, head_input_skip: pose MLP (paper: 256, 4, True).
         stage: stage the fit starts in, 1 (contrastive) or 2 (pose).
         stage2_start_epoch: with ``stage=1``, switch to stage 2 at this epoch (one fit for
@@ -132,7 +133,8 @@ class CLERF(_CLERFBase):
             ``EarlyStopping``, stage 2 only) to the trainer; ``None`` disables it. Give the
             trainer that callback instead for its other options.
         encoder_checkpoint: initialise ``E`` from a checkpoint (a Lightning checkpoint of
-            this module, e.g. the stage-1 run's, or a plain encoder state dict).
+            this module, e.g. the stage-1 run's, or a plain encoder state dict). Init-only:
+            loading a CLERF checkpoint does not read it again.
         threshold: ``T_GD`` of the positive rule (0.8).
         margin: mining margin ``v`` (0.1).
         type_of_triplets: ``all`` (hard + semi-hard, paper), ``hard`` or ``semihard``.
@@ -152,18 +154,21 @@ class CLERF(_CLERFBase):
         positive_key: batch key of the positives' sub-batch.
         backbone_kwargs: further timm constructor arguments of the backbone (see
             :func:`hpelib.nn.create_backbone`).
+        checkpoint_path: deprecated name of ``backbone_weights``.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`;
             ``euler_convention`` defaults to ``clerf`` (yaw, pitch, roll of the paper's
             ``R = R_roll (R_pitch R_yaw)``, the decomposition of its reported MAE); ``300wlp``
             gives the decomposition of the other methods' tables.
     """
 
+    INIT_ONLY_HPARAMS = {**HPEModule.INIT_ONLY_HPARAMS, "encoder_checkpoint": None}
+
     def __init__(
         self,
         backbone: str = "resnet18",
         embedding_dim: int | None = 1024,
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         drop_rate: float = 0.0,
         head_hidden: int = 256,
         head_depth: int = 4,
@@ -184,8 +189,10 @@ class CLERF(_CLERFBase):
         head_lr: float | None = None,
         positive_key: str = "positive",
         backbone_kwargs: dict[str, Any] | None = None,
+        checkpoint_path: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
+        backbone_weights = renamed_backbone_weights(backbone_weights, checkpoint_path, "CLERF")
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 (contrastive) or 2 (pose), got {stage!r}")
         if stage2_start_epoch is not None and stage2_start_epoch < 0:
@@ -193,11 +200,11 @@ class CLERF(_CLERFBase):
         if stage2_patience is not None and stage2_patience < 1:
             raise ValueError(f"stage2_patience must be >= 1 or None, got {stage2_patience}")
         super().__init__(
-            backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, head_hidden,
+            backbone, embedding_dim, pretrained, backbone_weights, drop_rate, head_hidden,
             head_depth, head_input_skip, augmentation, padding_mode, positive_key,
             backbone_kwargs=backbone_kwargs, rotation=rotation, **kwargs,
         )
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "checkpoint_path"])
         self.start_stage, self.stage2_start_epoch = stage, stage2_start_epoch
         self.stage2_patience, self.head_lr = stage2_patience, head_lr
         self.contrastive_loss = CLERFContrastiveLoss(
@@ -359,6 +366,7 @@ class CLERF(_CLERFBase):
         checkpoint["clerf_stage"] = self._stage_set
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self._stage_set = checkpoint.get("clerf_stage")
 
 
@@ -367,7 +375,7 @@ class CLERFSupervised(_CLERFBase):
     end-to-end on the mean geodesic loss, no contrastive stage.
 
     Args:
-        backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, head_hidden,
+        backbone, embedding_dim, pretrained, backbone_weights, drop_rate, head_hidden,
         head_depth, head_input_skip: as in :class:`CLERF`.
         augmentation: geometric augmentation applied by this module
             (:data:`~hpelib.methods.clerf.positives.SHARED_AUGMENTATIONS`); default ``none``
@@ -376,6 +384,7 @@ class CLERFSupervised(_CLERFBase):
         rotation: sense of its in-plane rotation, as in :class:`CLERF`.
         padding_mode: warp padding of that augmentation.
         backbone_kwargs: as in :class:`CLERF`.
+        checkpoint_path: deprecated name of ``backbone_weights``.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -384,7 +393,7 @@ class CLERFSupervised(_CLERFBase):
         backbone: str = "resnet18",
         embedding_dim: int | None = 1024,
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         drop_rate: float = 0.0,
         head_hidden: int = 256,
         head_depth: int = 4,
@@ -393,14 +402,18 @@ class CLERFSupervised(_CLERFBase):
         rotation: str = "clockwise",
         padding_mode: str = "zeros",
         backbone_kwargs: dict[str, Any] | None = None,
+        checkpoint_path: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
+        backbone_weights = renamed_backbone_weights(
+            backbone_weights, checkpoint_path, "CLERFSupervised"
+        )
         super().__init__(
-            backbone, embedding_dim, pretrained, checkpoint_path, drop_rate, head_hidden,
+            backbone, embedding_dim, pretrained, backbone_weights, drop_rate, head_hidden,
             head_depth, head_input_skip, augmentation, padding_mode, "positive",
             backbone_kwargs=backbone_kwargs, rotation=rotation, **kwargs,
         )
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "checkpoint_path"])
 
     def compute_loss(
         self, outputs: dict[str, Tensor], batch: dict[str, Any]

@@ -46,7 +46,7 @@ class LECHPENet(nn.Module):
     Args:
         backbone: timm model name (LEC-HPE uses ``resnet50``).
         pretrained: ImageNet weights through timm (needs network access or a warm cache).
-        checkpoint_path: local backbone weights instead of a download.
+        backbone_weights: local backbone weights instead of a download.
         embedding_dim: size of an extra linear projection of the pooled backbone features;
             ``None`` (default) uses the pooled features themselves as the latent embedding.
         num_bins: logits per angle (66).
@@ -60,7 +60,7 @@ class LECHPENet(nn.Module):
         self,
         backbone: str = "resnet50",
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         embedding_dim: int | None = None,
         num_bins: int = 66,
         num_clusters: int = 10,
@@ -71,7 +71,7 @@ class LECHPENet(nn.Module):
         if num_bins < 2:
             raise ValueError(f"num_bins={num_bins} must be >= 2")
         self.backbone, num_features = create_backbone(
-            backbone, pretrained, checkpoint_path, **(backbone_kwargs or {})
+            backbone, pretrained, backbone_weights, **(backbone_kwargs or {})
         )
         if embedding_dim is None:
             self.embed: nn.Module = nn.Identity()

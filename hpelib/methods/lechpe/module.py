@@ -29,7 +29,7 @@ from hpelib.callbacks.stages import enable_unused_parameter_detection
 from hpelib.checkpoint_io import read_checkpoint
 from hpelib.data.sample import mask_key
 from hpelib.data.transforms.occlusion import RandomOcclusion
-from hpelib.methods.base import HPEModule
+from hpelib.methods.base import HPEModule, renamed_backbone_weights
 from hpelib.methods.lechpe.loss import (
     EXPECTATION_FORMS,
     KL_REDUCTIONS,
@@ -79,7 +79,7 @@ class LECHPE(HPEModule):
     Args:
         backbone: any timm model name (the paper: ``resnet50``).
         pretrained: ImageNet weights through timm (False in quick-start configs: no network).
-        checkpoint_path: local backbone weights file.
+        backbone_weights: local backbone weights file (instead of timm's download).
         embedding_dim: optional linear projection size of the latent embedding (None: the
             pooled backbone features, as in the paper).
         num_bins, bin_width, angle_min: the bins (66 bins of 3 degrees from -99).
@@ -109,8 +109,10 @@ class LECHPE(HPEModule):
             overrides it per epoch.
         init_weights: a Lightning checkpoint (or state dict file) whose weights initialise
             the model, for stage 2 as a separate run; the configured ``stage`` is kept.
+            Init-only: loading a LEC-HPE checkpoint does not read it again.
         backbone_kwargs: further timm constructor arguments of the backbone (see
             :func:`hpelib.nn.create_backbone`).
+        checkpoint_path: deprecated name of ``backbone_weights``.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -118,11 +120,13 @@ class LECHPE(HPEModule):
     #: so the per-angle metrics score them directly (HopeNet protocol), see :class:`HPEModule`.
     euler_output_convention: str | None = _CONVENTION
 
+    INIT_ONLY_HPARAMS = {**HPEModule.INIT_ONLY_HPARAMS, "init_weights": None}
+
     def __init__(
         self,
         backbone: str = "resnet50",
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         embedding_dim: int | None = None,
         num_bins: int = 66,
         bin_width: float = 3.0,
@@ -139,9 +143,11 @@ class LECHPE(HPEModule):
         stage: int = 1,
         init_weights: str | Path | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        checkpoint_path: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        backbone_weights = renamed_backbone_weights(backbone_weights, checkpoint_path, "LECHPE")
         if expectation not in EXPECTATION_FORMS:
             raise ValueError(f"expectation={expectation!r} is not one of {EXPECTATION_FORMS}")
         if out_of_range not in OUT_OF_RANGE_POLICIES:
@@ -160,11 +166,11 @@ class LECHPE(HPEModule):
             raise ValueError(f"bin_width={bin_width} must be > 0")
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha={alpha} and beta={beta} must be >= 0")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "checkpoint_path"])
         self.model = LECHPENet(
             backbone,
             pretrained,
-            checkpoint_path,
+            backbone_weights,
             embedding_dim,
             num_bins,
             num_clusters,

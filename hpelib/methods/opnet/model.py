@@ -37,6 +37,7 @@ __all__ = [
     "inv_smoothclip",
     "load_keypoint_model",
     "normalize_points",
+    "regularized_cholesky",
     "smoothclip",
     "synthetic_keypoint_model",
     "tril_from_features",
@@ -99,6 +100,40 @@ def tril_from_features(z: Tensor) -> Tensor:
     return m.index_put((torch.arange(b, device=z.device)[:, None], rows[None], cols[None]), z)
 
 
+def regularized_cholesky(m: Tensor, eps: float) -> Tensor:
+    """Lower-triangular ``L`` with positive diagonal and ``L L^T = M M^T + eps I``, for
+    ``m`` ``(..., n, n)`` and ``eps > 0``, without forming ``M M^T + eps I``.
+
+    ``M M^T + eps I = A A^T`` with ``A = [M, sqrt(eps) I]`` ``(..., n, 2n)``, so ``L`` is the
+    ``R^T`` of a QR of ``A^T``: modified Gram-Schmidt on the rows of ``A``. Two reasons to
+    prefer it over ``torch.linalg.cholesky(M M^T + eps I)`` (the same matrix):
+
+    * it is elementary tensor ops (sums, products, square roots), so the model exports to
+      ONNX (which has no Cholesky operator) and TorchScript the same way;
+    * it never subtracts large squares: in float32 the Cholesky of the formed matrix loses
+      about ``|M|^2 * 1e-7`` per entry (1e-3 at ``|M| ~ 1`` on near-singular ``M``) and can
+      fail outright, while the row norms here stay within float32 rounding of the exact
+      factor (each diagonal entry is at least ``sqrt(eps)`` in exact arithmetic).
+    """
+    n = m.shape[-1]
+    eye = torch.eye(n, dtype=m.dtype, device=m.device).expand_as(m)
+    rows = torch.cat([m, math.sqrt(eps) * eye], dim=-1).unbind(-2)  # n rows (..., 2n)
+    basis: list[Tensor] = []
+    out: list[Tensor] = []
+    for i, row in enumerate(rows):
+        coeffs = []
+        for q in basis:  # remove the components along the earlier (orthonormal) rows
+            c = (row * q).sum(-1)
+            row = row - c[..., None] * q
+            coeffs.append(c)
+        diag = torch.linalg.vector_norm(row, dim=-1)
+        if i + 1 < n:
+            basis.append(row / diag[..., None])
+        zeros = [torch.zeros_like(diag)] * (n - 1 - i)
+        out.append(torch.stack([*coeffs, diag, *zeros], dim=-1))
+    return torch.stack(out, dim=-2)
+
+
 class CovarianceHead(nn.Module):
     """Input-dependent 3x3 covariance from 6 features (rotation, position/size uncertainty).
 
@@ -107,7 +142,8 @@ class CovarianceHead(nn.Module):
     at the very end"; initialised so that ``M ~ I`` at the start) -> lower-triangular ``M``:
 
     * ``form="paper"`` (default): ``Sigma = M M^T + eps I`` (paper), ``scale_tril =
-      cholesky(Sigma)``; positive definite for every ``M`` since ``eps > 0``.
+      cholesky(Sigma)`` (computed from ``M`` by :func:`regularized_cholesky`, ONNX-exportable);
+      positive definite for every ``M`` since ``eps > 0``.
     * ``form="released"``: the reference code flips column signs so that ``diag(M) >= 0``
       and adds ``eps I`` to the *factor*: ``L = M' + eps I``, ``Sigma = L L^T`` (its
       ``eps = 0.01``); this bounds the factor's diagonal, not the covariance's eigenvalues.
@@ -149,7 +185,7 @@ class CovarianceHead(nn.Module):
         eye = torch.eye(3, dtype=m.dtype, device=m.device)
         if self.form == "paper":
             cov = m @ m.transpose(-1, -2) + self.eps * eye
-            return torch.linalg.cholesky(cov), cov
+            return regularized_cholesky(m, self.eps), cov
         sign = torch.where(torch.diagonal(m, dim1=-2, dim2=-1) < 0, -1.0, 1.0)
         tril = m * sign[:, None, :] + self.eps * eye
         return tril, tril @ tril.transpose(-1, -2)
@@ -269,7 +305,7 @@ class OpNetModel(nn.Module):
     Args:
         backbone: timm name; ``mobilenetv1_100`` (default, the paper's fast MobileNetV1-like
             net) or ``resnet18``.
-        pretrained, checkpoint_path: backbone weights (see :func:`hpelib.nn.create_backbone`).
+        pretrained, backbone_weights: backbone weights (see :func:`hpelib.nn.create_backbone`).
         in_chans: backbone input channels. 1 (OpNet's monochrome input): a 3-channel input is
             reduced to luminance (``0.299 R + 0.587 G + 0.114 B``, exactly channel 0 for the
             datamodule's ``grayscale: true`` images). 3: images are used as they are.
@@ -296,7 +332,7 @@ class OpNetModel(nn.Module):
         self,
         backbone: str = "mobilenetv1_100",
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         in_chans: int = 1,
         dropout: float = 0.5,
         keypoints: DeformableKeypoints | None = None,
@@ -313,7 +349,7 @@ class OpNetModel(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_chans = in_chans
         self.backbone, num_features = create_backbone(
-            backbone, pretrained, checkpoint_path, in_chans=in_chans, **(backbone_kwargs or {})
+            backbone, pretrained, backbone_weights, in_chans=in_chans, **(backbone_kwargs or {})
         )
         self.dropout = nn.Dropout(dropout)
         self.quat = nn.Linear(num_features, 4)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from hpelib.data.sample import mask_key
-from hpelib.methods.base import HPEModule
+from hpelib.methods.base import HPEModule, renamed_backbone_weights
 from hpelib.methods.opnet import loss as L
 from hpelib.methods.opnet.model import (
     COVARIANCE_FORMS,
@@ -54,7 +54,8 @@ class OpNet(HPEModule):
 
     Args:
         backbone: timm name: ``mobilenetv1_100`` (default) or ``resnet18`` (the paper's two).
-        pretrained, checkpoint_path: backbone weights (``pretrained: false`` without network).
+        pretrained, backbone_weights: backbone weights (``pretrained: false`` without network;
+            ``backbone_weights``: a local file instead of timm's download).
         in_chans: 1 (monochrome, the paper) or 3; see :class:`OpNetModel`.
         dropout: on the pooled features (0.5).
         uncertainty: predict covariances and train the NLL terms.
@@ -65,7 +66,8 @@ class OpNet(HPEModule):
         keypoint_model: the deformable face model behind the landmark head: ``"synthetic"``
             (PCA of the synthetic generator's landmark model), a path to a file with
             ``mean (68, 3)`` and ``basis (K, 68, 3)`` (``torch.save`` dict or ``.npz``, head
-            frame, head-radius units), or ``"none"`` (no shape/landmark heads).
+            frame, head-radius units), or ``"none"`` (no shape/landmark heads). The model is
+            saved in the checkpoint: loading one does not need the file.
         num_shape_params: ``K`` for ``"synthetic"``.
         learn_keypoint_model: train the mean and basis too.
         shape_target: label of the shape head: ``"label"`` (the batch's ``shape_params``,
@@ -83,6 +85,7 @@ class OpNet(HPEModule):
             entry (the inf-norm over all parameters) is at most this, before every optimiser
             step (the released training loop: ``clip_grad_norm_(..., 0.1, norm_type=inf)``).
             Lightning's ``gradient_clip_val`` (a 2-norm or per-value clip) is used when None.
+        checkpoint_path: deprecated name of ``backbone_weights``.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -90,7 +93,7 @@ class OpNet(HPEModule):
         self,
         backbone: str = "mobilenetv1_100",
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         in_chans: int = 1,
         dropout: float = 0.5,
         uncertainty: bool = True,
@@ -108,10 +111,12 @@ class OpNet(HPEModule):
         landmark_eye_weight: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
         grad_clip_max_abs: float | None = None,
+        checkpoint_path: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        backbone_weights = renamed_backbone_weights(backbone_weights, checkpoint_path, "OpNet")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "checkpoint_path"])
         if covariance_form not in COVARIANCE_FORMS:
             raise ValueError(
                 f"covariance_form={covariance_form!r} is not one of {COVARIANCE_FORMS}"
@@ -127,7 +132,7 @@ class OpNet(HPEModule):
         self.shape_target = shape_target
         keypoints = self._build_keypoints(keypoint_model, num_shape_params, learn_keypoint_model)
         self.model = OpNetModel(
-            backbone, pretrained, checkpoint_path, in_chans, dropout, keypoints, uncertainty,
+            backbone, pretrained, backbone_weights, in_chans, dropout, keypoints, uncertainty,
             covariance_form, covariance_eps, uncertainty_batchnorm, backbone_kwargs,
         )  # fmt: skip
         self.register_buffer(
@@ -135,6 +140,22 @@ class OpNet(HPEModule):
             L.landmark_weights(landmark_jaw_weight, landmark_eye_weight),
             persistent=False,
         )
+
+    @classmethod
+    def hparams_for_loading(
+        cls, hparams: Mapping[str, Any], state_dict: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Any]:
+        """As :meth:`HPEModule.hparams_for_loading`; a keypoint model read from a file is in
+        the state dict too (``model.keypoints.mean/basis``), so the module is built with a
+        synthetic model of the saved size, whose values the state dict then replaces: the
+        file is not needed to load."""
+        out = super().hparams_for_loading(hparams, state_dict)
+        spec = out.get("keypoint_model")
+        basis = (state_dict or {}).get("model.keypoints.basis")
+        if spec is not None and str(spec) not in ("synthetic", "none") and basis is not None:
+            if tuple(basis.shape[1:]) == (68, 3):  # the synthetic model's 68 points
+                out.update(keypoint_model="synthetic", num_shape_params=int(basis.shape[0]))
+        return out
 
     @staticmethod
     def _build_keypoints(spec: str | Path, k: int, learnable: bool) -> DeformableKeypoints | None:

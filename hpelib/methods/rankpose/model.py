@@ -129,7 +129,7 @@ class RankPoseNet(nn.Module):
     Args:
         backbone: any timm model name (released code: ``resnet50``).
         pretrained: ImageNet weights through timm (needs network or a cache).
-        checkpoint_path: local backbone weights instead of a download.
+        backbone_weights: local backbone weights instead of a download.
         output_layer: ``"arccos"`` (default, the paper's final model), ``"cosine"`` or
             ``"linear"`` (see :class:`AngleOutput`).
         alpha: cosine-output scale in radians (default ``pi/2``; released code ``pi``).
@@ -143,7 +143,7 @@ class RankPoseNet(nn.Module):
         self,
         backbone: str = "resnet50",
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         output_layer: str = "arccos",
         alpha: float = math.pi / 2,
         linear_bias: bool = True,
@@ -152,7 +152,7 @@ class RankPoseNet(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone, num_features = create_backbone(
-            backbone, pretrained, checkpoint_path, drop_rate=drop_rate, **(backbone_kwargs or {})
+            backbone, pretrained, backbone_weights, drop_rate=drop_rate, **(backbone_kwargs or {})
         )
         self.head = AngleOutput(num_features, 3, output_layer, alpha, bias=linear_bias)
 

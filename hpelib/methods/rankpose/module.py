@@ -12,7 +12,7 @@ from torch import Tensor
 
 from hpelib.data.pairs import set_pairs_epoch
 from hpelib.data.sample import mask_key
-from hpelib.methods.base import HPEModule
+from hpelib.methods.base import HPEModule, renamed_backbone_weights
 from hpelib.methods.rankpose.loss import MSE_FORMS, rankpose_loss
 from hpelib.methods.rankpose.model import RankPoseNet
 from hpelib.rotation import euler_names, euler_to_rotation, rotation_to_euler
@@ -34,7 +34,7 @@ class RankPose(HPEModule):
     Args:
         backbone: any timm model name (released code: ``resnet50``).
         pretrained: ImageNet weights through timm (False in quick-start configs: no network).
-        checkpoint_path: local backbone weights file.
+        backbone_weights: local backbone weights file (instead of timm's download).
         output_layer: ``"arccos"`` (default: the paper's final model, Ranking + MSE +
             Arccos), ``"cosine"`` or ``"linear"``.
         alpha: cosine-output scale in radians: ``pi/2`` (default, the +-90-degree range) or
@@ -61,6 +61,7 @@ class RankPose(HPEModule):
             ``beta * L_MSE + (1 - beta) * L_ranking`` they were trained with, i.e.
             ``mse_form="summed_angles"``, ``mse_weight=beta``, ``ranking_weight=1 - beta``
             (a ``DeprecationWarning``; those three are what is saved).
+        checkpoint_path: deprecated name of ``backbone_weights``.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`
             (``euler_convention`` sets the Euler angles the network outputs, ``"300wlp"``:
             pitch, yaw, roll).
@@ -70,7 +71,7 @@ class RankPose(HPEModule):
         self,
         backbone: str = "resnet50",
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         output_layer: str = "arccos",
         alpha: float = math.pi / 2,
         linear_bias: bool = True,
@@ -85,9 +86,11 @@ class RankPose(HPEModule):
         partner_key: str = "partner",
         backbone_kwargs: dict[str, Any] | None = None,
         beta: float | None = None,
+        checkpoint_path: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        backbone_weights = renamed_backbone_weights(backbone_weights, checkpoint_path, "RankPose")
         if beta is not None:
             # Checkpoints saved before mse_weight/ranking_weight stored the loss as
             # beta * L_MSE(summed over angles) + (1 - beta) * L_ranking: rebuild that loss.
@@ -112,13 +115,13 @@ class RankPose(HPEModule):
         if loss_unit not in _LOSS_UNITS:
             raise ValueError(f"loss_unit must be one of {sorted(_LOSS_UNITS)}, got {loss_unit!r}")
         euler_names(self.euler_convention)  # a clear error for an unknown convention, now
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "beta"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "beta", "checkpoint_path"])
         if beta is not None:  # saved as the explicit three, so the checkpoint loads without beta
             self.hparams.update(mse_form=mse_form, mse_weight=mse_weight, ranking_weight=ranking_weight)
         self.model = RankPoseNet(
             backbone,
             pretrained,
-            checkpoint_path,
+            backbone_weights,
             output_layer,
             alpha,
             linear_bias,
@@ -146,7 +149,7 @@ class RankPose(HPEModule):
         euler = self.model(images)
         return {
             "euler": euler,
-            "euler_deg": torch.rad2deg(euler),
+            "euler_deg": euler * (180.0 / math.pi),  # = rad2deg, which ONNX cannot export
             "rotation": euler_to_rotation(euler, self.euler_convention),
         }
 

@@ -20,7 +20,7 @@ class SixDNet(nn.Module):
     Args:
         backbone: timm model name (6DRepNet uses ``repvgg_b1g2``).
         pretrained: load ImageNet weights through timm (needs network or cache).
-        checkpoint_path: local backbone weights file instead of a download.
+        backbone_weights: local backbone weights file instead of a download.
         backbone_kwargs: further timm constructor arguments of the backbone (see
             :func:`hpelib.nn.create_backbone`).
         representation: ``"6d"`` (6DRepNet: two columns, Gram-Schmidt) or ``"9d"`` (a 3x3
@@ -31,13 +31,13 @@ class SixDNet(nn.Module):
         self,
         backbone: str = "resnet18",
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         representation: str = "6d",
     ) -> None:
         super().__init__()
         self.backbone, num_features = create_backbone(
-            backbone, pretrained, checkpoint_path, **(backbone_kwargs or {})
+            backbone, pretrained, backbone_weights, **(backbone_kwargs or {})
         )
         self.head = RotationHead(num_features, representation)
 

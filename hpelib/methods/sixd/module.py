@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from hpelib.data.sample import mask_key
-from hpelib.methods.base import HPEModule
+from hpelib.methods.base import HPEModule, renamed_backbone_weights
 from hpelib.methods.sixd.model import SixDNet
 from hpelib.nn import ROTATION_LOSSES, raw_mse_loss
 
@@ -31,7 +31,7 @@ class SixD(HPEModule):
     Args:
         backbone: any timm model name.
         pretrained: ImageNet weights through timm (False in quick-start configs: no network).
-        checkpoint_path: local backbone weights file.
+        backbone_weights: local backbone weights file (instead of timm's download).
         loss: one of :data:`SIXD_LOSSES`: ``"geodesic"`` (6DRepNet, the default),
             ``"chordal"`` (squared Frobenius distance, Zhou et al.'s L2 on the matrix), both
             on the orthonormalised rotation, or ``"raw_mse"``
@@ -45,6 +45,7 @@ class SixD(HPEModule):
         representation: ``"6d"`` (6DRepNet's, the default: two columns, Gram-Schmidt) or
             ``"9d"`` (a 3x3 matrix, symmetric orthogonalisation by SVD; Levinson et al. 2020),
             see :class:`hpelib.nn.RotationHead`. The method keeps 6DRepNet's name either way.
+        checkpoint_path: deprecated name of ``backbone_weights``.
         **kwargs: optimiser, scheduler and metric options of :class:`HPEModule`.
     """
 
@@ -52,19 +53,21 @@ class SixD(HPEModule):
         self,
         backbone: str = "resnet18",
         pretrained: bool = False,
-        checkpoint_path: str | Path | None = None,
+        backbone_weights: str | Path | None = None,
         loss: str = "geodesic",
         backbone_kwargs: dict[str, Any] | None = None,
         representation: str = "6d",
+        checkpoint_path: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        backbone_weights = renamed_backbone_weights(backbone_weights, checkpoint_path, "SixD")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "checkpoint_path"])
         if loss not in _LOSSES:
             raise ValueError(f"unknown SixD loss {loss!r}; choose one of {list(SIXD_LOSSES)}")
         self.loss_name = loss
         self.loss_input, self.rotation_loss = _LOSSES[loss]
-        self.model = SixDNet(backbone, pretrained, checkpoint_path, backbone_kwargs, representation)
+        self.model = SixDNet(backbone, pretrained, backbone_weights, backbone_kwargs, representation)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """``{"rotation": (B, 3, 3), "rotation_raw": (B, 6 or 9)}``: the rotation, and the
