@@ -6,7 +6,8 @@ reference tools (HopeNet's ``draw_axis``, 6DRepNet's ``plot_pose_cube``) draw as
 
 Colours follow the common HPE picture: **red** = the head's x axis (towards the subject's
 left, image right for a frontal face), **green** = the head's *up* axis, **blue** = the
-direction the face points (out of the nose). Images may be a PIL image, a ``(H, W, 3)``
+direction the face points (out of the nose). HopeNet's/6DRepNet's ``draw_axis`` draws red and blue
+the same way but its green axis points *down* the face (see docs/inference.md). Images may be a PIL image, a ``(H, W, 3)``
 uint8 numpy array, or a ``(3, H, W)`` uint8 torch tensor; the result has the same type.
 
 :func:`draw_pose_comparison` draws a predicted and a true pose on one image (the truth as wide

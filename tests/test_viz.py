@@ -58,3 +58,30 @@ def test_rotating_the_pose_rotates_the_drawing():
     r = hr.rotation_from_euler_300wlp(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(math.pi / 2))
     tips = axes_endpoints(r, (0, 0), 10)
     np.testing.assert_allclose(tips[0], [0, 10], atol=1e-5)
+
+
+def _hopenet_draw_axis_tips(yaw: float, pitch: float, roll: float, size: float) -> np.ndarray:
+    """The line ends of HopeNet's ``draw_axis`` (copied by 6DRepNet) about the origin, for
+    its degrees-in 300W-LP angles: red x, green y, blue z."""
+    pitch, yaw, roll = np.deg2rad(pitch), -np.deg2rad(yaw), np.deg2rad(roll)
+    cos, sin = np.cos, np.sin
+    x1 = size * (cos(yaw) * cos(roll))
+    y1 = size * (cos(pitch) * sin(roll) + cos(roll) * sin(pitch) * sin(yaw))
+    x2 = size * (-cos(yaw) * sin(roll))
+    y2 = size * (cos(pitch) * cos(roll) - sin(pitch) * sin(yaw) * sin(roll))
+    x3 = size * sin(yaw)
+    y3 = size * (-cos(yaw) * sin(pitch))
+    return np.array([[x1, y1], [x2, y2], [x3, y3]])
+
+
+@pytest.mark.parametrize("pose", [(0, 0, 0), (30, 0, 0), (0, 25, 0), (0, 0, 20), (-50, 15, -10), (70, -30, 25)])
+def test_axis_colours_against_hopenets_draw_axis(pose):
+    """docs/inference.md: red and blue as in HopeNet's/6DRepNet's draw_axis, green opposite."""
+    yaw, pitch, roll = pose
+    angles = torch.tensor([pitch, yaw, roll], dtype=torch.float64)
+    rotation = hr.euler_to_rotation(angles, "300wlp", degrees=True)
+    ours = axes_endpoints(rotation, (0.0, 0.0), 100.0)
+    theirs = _hopenet_draw_axis_tips(yaw, pitch, roll, 100.0)
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-6)  # red
+    np.testing.assert_allclose(ours[1], -theirs[1], atol=1e-6)  # green: opposite
+    np.testing.assert_allclose(ours[2], theirs[2], atol=1e-6)  # blue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, MultiStepLR, SequentialLR
@@ -110,6 +111,20 @@ class WarmupStepLR(SequentialLR):
             total_iters=max(last, 1),  # last == 0: only step 0, the end factor is never used
         )
         return [linear, after], [warmup_end]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by :meth:`state_dict`, or by the ``LambdaLR`` version of this
+        class (older hpelib; it saved no sub-schedulers): that one is replayed to its
+        ``last_epoch``."""
+        if "_schedulers" in state_dict:
+            super().load_state_dict(state_dict)
+            return
+        if self._total_steps is None:
+            self.step()  # raises the "total_steps is not set" error
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()"
+            for _ in range(int(state_dict["last_epoch"]) - self.last_epoch):
+                self.step()
 
     def step(self) -> None:  # type: ignore[override]
         """Advance one optimisation step (raises while ``total_steps`` is unknown)."""
