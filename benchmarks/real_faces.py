@@ -60,7 +60,6 @@ batch 32 (see the report of issue #25), all seven rows on five folds fit about 2
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import shlex
 import sys
@@ -93,7 +92,12 @@ from hpelib.data.transforms import (  # noqa: E402
     image_center,
 )
 from hpelib.methods import SixD  # noqa: E402
-from hpelib.methods.clerf import CLERF, AnchorPositiveDataset, PositiveSource, SyntheticPositiveSource  # noqa: E402
+from hpelib.methods.clerf import (  # noqa: E402
+    CLERF,
+    AnchorPositiveDataset,
+    PositiveSource,
+    SyntheticPositiveSource,
+)
 from hpelib.methods.clerf.positives import split_roll  # noqa: E402
 from hpelib.methods.lechpe import LECHPE  # noqa: E402
 from hpelib.methods.opnet import OpNet  # noqa: E402
@@ -183,15 +187,25 @@ def _mix(real: Dataset, synthetic: Dataset | None, weight: float) -> Any:
     if synthetic is None or weight <= 0:
         return real
     return [
-        {"class_path": "torch.utils.data.ConcatDataset", "init_args": {"datasets": [real]}, "weight": 1 - weight},
-        {"class_path": "torch.utils.data.ConcatDataset", "init_args": {"datasets": [synthetic]}, "weight": weight},
+        {
+            "class_path": "torch.utils.data.ConcatDataset",
+            "init_args": {"datasets": [real]},
+            "weight": 1 - weight,
+        },
+        {
+            "class_path": "torch.utils.data.ConcatDataset",
+            "init_args": {"datasets": [synthetic]},
+            "weight": weight,
+        },
     ]
 
 
 def _pairs_augmentation() -> torch.nn.Module:
     """RankPose: every face is paired with itself; mirror + in-plane rotation drawn per side
     make the two views (and labels) differ."""
-    return torch.nn.Sequential(RandomHorizontalMirror(p=0.5), RandomInPlaneRotation(p=0.8, max_degrees=45.0))
+    return torch.nn.Sequential(
+        RandomHorizontalMirror(p=0.5), RandomInPlaneRotation(p=0.8, max_degrees=45.0)
+    )
 
 
 def _trainer(args: argparse.Namespace, steps: int, callbacks: Sequence[Any] = ()) -> L.Trainer:
@@ -204,7 +218,9 @@ def _trainer(args: argparse.Namespace, steps: int, callbacks: Sequence[Any] = ()
 
 
 @torch.no_grad()
-def _predict_errors(module: Any, data: HPEDataModule, test: Dataset, device: str) -> dict[str, Tensor]:
+def _predict_errors(
+    module: Any, data: HPEDataModule, test: Dataset, device: str
+) -> dict[str, Tensor]:
     """Per-face errors (degrees) of ``module`` on ``test``, scored as the modules' test loop
     does (pose_errors; a method's own Euler angles where it predicts them)."""
     module.eval().to(device)
@@ -238,9 +254,13 @@ def summarise(errors: dict[str, Tensor]) -> dict[str, float]:
 class _Fold:
     """Everything one (fold, synthetic weight) needs: datasets and shared settings."""
 
-    def __init__(self, args: argparse.Namespace, train_idx: list[int], test_idx: list[int], weight: float) -> None:
+    def __init__(
+        self, args: argparse.Namespace, train_idx: list[int], test_idx: list[int], weight: float
+    ) -> None:
         self.args, self.weight = args, weight
-        self.train = Subset(AFLW2000(args.root, image_size=args.size, train=True, seed=args.seed), train_idx)
+        self.train = Subset(
+            AFLW2000(args.root, image_size=args.size, train=True, seed=args.seed), train_idx
+        )
         framed = AFLW2000(args.root, image_size=args.size, train=False)
         self.test = Subset(framed, test_idx)
         self.train_framed = Subset(framed, train_idx)
@@ -263,11 +283,19 @@ class _Fold:
         return lambda params: torch.optim.AdamW(params, lr=lr)
 
     def backbone(self) -> dict[str, Any]:
-        kwargs = HALF_RESNET10 if self.args.backbone == "resnet18" and not self.args.full_width else {}
-        return {"backbone": self.args.backbone, "pretrained": False, "backbone_kwargs": dict(kwargs) or None}
+        kwargs = (
+            HALF_RESNET10 if self.args.backbone == "resnet18" and not self.args.full_width else {}
+        )
+        return {
+            "backbone": self.args.backbone,
+            "pretrained": False,
+            "backbone_kwargs": dict(kwargs) or None,
+        }
 
 
-def _fit(fold: _Fold, module: Any, data: HPEDataModule, steps: int, callbacks: Sequence[Any] = ()) -> float:
+def _fit(
+    fold: _Fold, module: Any, data: HPEDataModule, steps: int, callbacks: Sequence[Any] = ()
+) -> float:
     start = time.perf_counter()
     _trainer(fold.args, steps, callbacks).fit(module, data)
     return time.perf_counter() - start
@@ -284,7 +312,9 @@ def run_sixd(fold: _Fold, loss: str) -> tuple[Any, HPEDataModule, float]:
 
 
 def run_opnet(fold: _Fold) -> tuple[Any, HPEDataModule, float]:
-    module = OpNet(**fold.backbone(), in_chans=1, shape_target="landmarks", optimizer=fold.optimizer())
+    module = OpNet(
+        **fold.backbone(), in_chans=1, shape_target="landmarks", optimizer=fold.optimizer()
+    )
     return _single_stage(fold, module, grayscale=True, normalize=[[0.5, 0.5, 0.5], [1.0, 1.0, 1.0]])
 
 
@@ -306,13 +336,17 @@ def run_lechpe(fold: _Fold) -> tuple[Any, HPEDataModule, float]:
 
 
 def run_rankpose(fold: _Fold) -> tuple[Any, HPEDataModule, float]:
-    real = IdentityPairs(fold.train, identities=torch.arange(len(fold.train)), singletons="self", seed=fold.args.seed)
+    real = IdentityPairs(
+        fold.train, identities=torch.arange(len(fold.train)), singletons="self", seed=fold.args.seed
+    )
     synthetic = None
     if fold.synthetic is not None:
         synthetic = IdentityPairs(fold.synthetic, singletons="self", seed=fold.args.seed)
     module = RankPose(**fold.backbone(), optimizer=fold.optimizer())
     weighted = synthetic is not None
-    data = fold.datamodule(_mix(real, synthetic, fold.weight), weighted, augmentation=_pairs_augmentation())
+    data = fold.datamodule(
+        _mix(real, synthetic, fold.weight), weighted, augmentation=_pairs_augmentation()
+    )
     return module, data, _fit(fold, module, data, fold.args.steps)
 
 
@@ -322,7 +356,9 @@ def run_clerf(fold: _Fold) -> tuple[Any, HPEDataModule, float]:
     real = AnchorPositiveDataset(fold.train, source=source, seed=None)
     synthetic = None
     if fold.synthetic is not None:
-        synthetic = AnchorPositiveDataset(fold.synthetic, source=SyntheticPositiveSource(fold.args.size))
+        synthetic = AnchorPositiveDataset(
+            fold.synthetic, source=SyntheticPositiveSource(fold.args.size)
+        )
     module = CLERF(**fold.backbone(), embedding_dim=256, optimizer=fold.optimizer())
     weighted = synthetic is not None
     data = fold.datamodule(_mix(real, synthetic, fold.weight), weighted)
@@ -381,7 +417,9 @@ def markdown_table(per_fold: pd.DataFrame) -> str:
         for column in COLUMNS:
             values = group[column].dropna().tolist()
             cells.append(fmt(values, 1 if column == "images_per_s" else 2) if values else "-")
-        lines.append(f"| {_row_name(method, weight, weights)} | " + " | ".join(cells) + f" | {len(group)} |")
+        lines.append(
+            f"| {_row_name(method, weight, weights)} | " + " | ".join(cells) + f" | {len(group)} |"
+        )
     return "\n".join(lines)
 
 
@@ -396,7 +434,9 @@ def plot_cdf(curves: dict[str, Tensor], path: Path) -> None:
     for name, errors in curves.items():
         values = errors.sort().values.numpy()
         ax.plot(values, (torch.arange(1, len(values) + 1) / len(values)).numpy(), label=name)
-    ax.set(xlabel="geodesic error (degrees)", ylabel="share of test faces", xlim=(0, 90), ylim=(0, 1))
+    ax.set(
+        xlabel="geodesic error (degrees)", ylabel="share of test faces", xlim=(0, 90), ylim=(0, 1)
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -410,22 +450,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "real_faces")
     parser.add_argument("--k", type=int, default=5, help="number of folds")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the fold assignment")
-    parser.add_argument("--folds", type=int, nargs="+", default=None, help="folds to run (default all)")
+    parser.add_argument(
+        "--folds", type=int, nargs="+", default=None, help="folds to run (default all)"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--synthetic-weight", type=float, nargs="+", default=[0.0])
     parser.add_argument("--synthetic-preset", choices=PRESETS, default="frontal")
     parser.add_argument("--synthetic-samples", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--stage1-share", type=float, default=0.5, help="LEC-HPE/CLERF stage 1 steps")
+    parser.add_argument(
+        "--stage1-share", type=float, default=0.5, help="LEC-HPE/CLERF stage 1 steps"
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--full-width", action="store_true", help="resnet18 as is, not the half ResNet-10")
+    parser.add_argument(
+        "--full-width", action="store_true", help="resnet18 as is, not the half ResNet-10"
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    args.command = "python benchmarks/real_faces.py " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+    args.command = "python benchmarks/real_faces.py " + shlex.join(
+        list(sys.argv[1:] if argv is None else argv)
+    )
     if not args.root.is_dir():
         parser.error(f"AFLW2000 folder {str(args.root)!r} not found; pass --root")
     if any(not 0 <= w < 1 for w in args.synthetic_weight):
@@ -446,7 +494,9 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     if any(not 0 <= f < args.k for f in run_folds):
         raise SystemExit(f"--folds must be in [0, {args.k - 1}], got {run_folds}")
     args.output.mkdir(parents=True, exist_ok=True)
-    fold_table([Path(p).name for p in framed._paths], folds).to_csv(args.output / "folds.csv", index=False)
+    fold_table([Path(p).name for p in framed._paths], folds).to_csv(
+        args.output / "folds.csv", index=False
+    )
     rows, curves = [], {}
     for weight in args.synthetic_weight:
         for f in run_folds:
@@ -460,7 +510,10 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
                 rows.append({"method": method, "synthetic_weight": weight, "fold": f, **row})
                 name = _row_name(method, weight, args.synthetic_weight)
                 curves[name] = torch.cat([curves.get(name, torch.zeros(0)), geodesic])
-                print(f"fold {f} {name}: " + ", ".join(f"{c} {row[c]:.2f}" for c in COLUMNS), flush=True)
+                print(
+                    f"fold {f} {name}: " + ", ".join(f"{c} {row[c]:.2f}" for c in COLUMNS),
+                    flush=True,
+                )
     per_fold = pd.DataFrame(rows)
     per_fold.to_csv(args.output / "per_fold.csv", index=False)
     plot_cdf(curves, args.output / "errors_cdf.png")

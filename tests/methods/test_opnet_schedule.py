@@ -9,7 +9,9 @@ from torch.optim.lr_scheduler import SequentialLR
 from hpelib.methods.opnet import WarmupStepLR
 
 
-def _old_factor(step: int, total: int, warmup_f: float, step_f: float, gamma: float, start: float) -> float:
+def _old_factor(
+    step: int, total: int, warmup_f: float, step_f: float, gamma: float, start: float
+) -> float:
     """The previous implementation's ``LambdaLR`` factor, verbatim."""
     if step == 0:
         return start if warmup_f > 0 else 1.0
@@ -47,7 +49,9 @@ def test_lr_sequence_equals_old_formula(total, warmup_f, step_f, gamma, start):
     opt = _opt()
     sched = WarmupStepLR(opt, total, warmup_f, step_f, gamma, start)
     assert isinstance(sched, SequentialLR)
-    expected = [2.0 * _old_factor(s, total, warmup_f, step_f, gamma, start) for s in range(total + 3)]
+    expected = [
+        2.0 * _old_factor(s, total, warmup_f, step_f, gamma, start) for s in range(total + 3)
+    ]
     assert _lrs(sched, opt, total + 3) == pytest.approx(expected, rel=1e-12)
 
 
