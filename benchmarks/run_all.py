@@ -42,6 +42,11 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     ),
     # Lightning Trainer.fit vs a plain PyTorch loop, items/s per method.
     "training_throughput": ("training_throughput.py", ["--quick"]),
+    # Real faces (AFLW2000-dev, k-fold): one fold, a few steps, three rows.
+    "real_faces": (
+        "real_faces.py",
+        ["--folds", "0", "--steps", "20", "--methods", "mean_pose", "sixd_raw_mse", "rankpose"],
+    ),
 }
 
 

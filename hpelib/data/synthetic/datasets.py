@@ -5,6 +5,11 @@ options (not of ``num_samples``, the chunking, the worker or the rank): scenes a
 fixed blocks of :data:`BLOCK` items from a generator seeded by ``(seed, split, block)``,
 identities from a second generator per block. Identity ids are disjoint across splits
 (``train`` ids start at 0, ``val`` at 1 000 000, ``test`` at 2 000 000).
+
+The dataset registry (:mod:`hpelib.data.datasets.registry`) imports these classes and
+registers them as ``synthetic``/``synthetic_heads``, ``synthetic_pairs`` and
+``synthetic_anchor_positives``; this package does not import the registry, so it depends on
+nothing in :mod:`hpelib.data` (the dependency goes one way).
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from hpelib.checkpoint_io import (
     atomic_torch_save,
     read_checkpoint,
 )
-from hpelib.data.datasets.registry import register_dataset
 from hpelib.data.synthetic.head import _mix64, sample_identity_params
 from hpelib.data.synthetic.render import (
     PRESETS,
@@ -92,7 +96,6 @@ def clerf_roll_free(rotations: Tensor) -> tuple[Tensor, Tensor]:
     return rotation_from_euler_clerf(yaw, pitch, torch.zeros_like(roll)), roll
 
 
-@register_dataset("synthetic", "synthetic_heads")
 class SyntheticHeads(Dataset):
     """Rendered heads with perfect labels, as :mod:`hpelib.data.sample` dicts.
 
@@ -286,7 +289,6 @@ class SyntheticHeads(Dataset):
         return item
 
 
-@register_dataset("synthetic_pairs")
 class SyntheticPairs(Dataset):
     """Pairs of images of the same identity in two independent poses (RankPose and friends).
 
@@ -376,7 +378,6 @@ def render_anchor_positives(
     return res
 
 
-@register_dataset("synthetic_anchor_positives")
 class SyntheticAnchorPositives(Dataset):
     """CLERF anchor-positive pairs: item ``j`` is the anchor's sample dict with the positive's
     under ``"positive"`` (a nested sub-batch after ``collate_samples``); their rotations are
