@@ -43,7 +43,15 @@ from hpelib.metrics import pose_errors
 from hpelib.metrics.pose import predicted_euler
 from hpelib.predict import load_with_preprocessing
 from hpelib.rotation import euler_names
-from hpelib.specs import instantiate_spec, plain_spec
+from hpelib.specs import (
+    SPEC_META_KEYS,
+    constructor_parameter,
+    dataset_factory,
+    instantiate_spec,
+    plain_spec,
+    qualified_name,
+    spec_arguments,
+)
 
 __all__ = [
     "VARIANTS",
@@ -179,28 +187,26 @@ def _allowed_crop_rule(rule: Any, source: str) -> Any:
 def _with_args(spec: Mapping[str, Any], args: dict[str, Any]) -> dict[str, Any]:
     if "class_path" in spec:
         return {**spec, "init_args": args}
-    return {**{k: spec[k] for k in ("name", "weight", "label") if k in spec}, **args}
+    return {**{k: spec[k] for k in ("name", *SPEC_META_KEYS) if k in spec}, **args}
 
 
 def _spec_for(spec: Any, prep: Mapping[str, Any], source: str) -> Any:
     """One test-set spec with the checkpoint's input size and (same dataset) crop."""
-    from hpelib.methods.base import _dataset_factory, _parameter, _qualified, _spec_args
-
     spec = plain_spec(spec)
-    factory = _dataset_factory(spec)
+    factory = dataset_factory(spec)
     if not isinstance(spec, Mapping) or factory is None:
         return spec  # a Dataset instance: its image size is checked once built
-    args = _spec_args(spec)
-    if _parameter(factory, "image_size") is None:
+    args = spec_arguments(spec)
+    if constructor_parameter(factory, "image_size") is None:
         if isinstance(args.get("dataset"), Mapping):  # a wrapper (SplitDataset...)
             args["dataset"] = _spec_for(args["dataset"], prep, source)
         return _with_args(spec, args)
     args["image_size"] = int(prep["image_size"])
-    if prep.get("dataset") == _qualified(factory):
+    if prep.get("dataset") == qualified_name(factory):
         rule = _allowed_crop_rule(prep.get("crop_rule"), source)
-        if rule is not None and _parameter(factory, "crop_rule") is not None:
+        if rule is not None and constructor_parameter(factory, "crop_rule") is not None:
             args["crop_rule"] = rule
-        if prep.get("box_source") is not None and _parameter(factory, "box_source") is not None:
+        if prep.get("box_source") is not None and constructor_parameter(factory, "box_source") is not None:
             args["box_source"] = prep["box_source"]
     return _with_args(spec, args)
 

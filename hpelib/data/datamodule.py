@@ -38,7 +38,7 @@ from torch.utils.data import (
 )
 
 from hpelib.data.sample import collate_samples
-from hpelib.specs import instantiate_spec, plain_spec
+from hpelib.specs import SPEC_META_KEYS, instantiate_spec, plain_spec
 
 __all__ = [
     "AugmentationName",
@@ -69,7 +69,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
-_SPEC_META_KEYS = ("weight", "label")
+_SPEC_META_KEYS = SPEC_META_KEYS
 
 
 def build_dataset_from_spec(spec: Any) -> Dataset:

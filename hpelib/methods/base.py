@@ -13,10 +13,9 @@ optionally overriding ``training_forward(batch)`` when training needs more than 
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, Any, ClassVar
 
 import torch
@@ -32,11 +31,10 @@ from hpelib.metrics import PoseMetrics
 from hpelib.metrics.pose import predicted_euler
 from hpelib.plugins import AtomicCheckpointIO
 from hpelib.rotation import euler_names, rotation_to_euler
-from hpelib.specs import import_object, plain_spec
+from hpelib.specs import evaluation_crop, first_spec
 
 __all__ = [
     "HPEModule",
-    "evaluation_crop",
     "method_class",
     "module_from_checkpoint",
     "registered_methods",
@@ -98,105 +96,6 @@ def renamed_backbone_weights(
         stacklevel=3,
     )
     return checkpoint_path
-
-
-# ----------------------------------------------------------------------------- dataset specs
-def _qualified(obj: Any) -> str:
-    return f"{obj.__module__}.{obj.__qualname__}"
-
-
-def _dataset_factory(spec: Any) -> Callable[..., Any] | None:
-    """The class a dataset spec builds (registry name, ``class_path`` or instance), or
-    ``None`` when it cannot be told without building it."""
-    from torch.utils.data import Dataset
-
-    if isinstance(spec, Dataset):
-        return type(spec)
-    if not isinstance(spec, Mapping):
-        return None
-    if "class_path" in spec:
-        try:
-            return import_object(spec["class_path"])
-        except ValueError:
-            return None
-    if "name" in spec:
-        import hpelib.data.datasets  # noqa: F401  (registers the loaders)
-        from hpelib.data.datasets.registry import DATASETS, normalize_name
-
-        key = normalize_name(str(spec["name"]))
-        if key not in DATASETS:
-            try:
-                import hpelib.data.synthetic  # noqa: F401  (registers the synthetic sets)
-            except ImportError:
-                pass
-        return DATASETS.get(key)
-    return None
-
-
-def _parameter(factory: Callable[..., Any], name: str) -> inspect.Parameter | None:
-    try:
-        return inspect.signature(factory).parameters.get(name)
-    except (TypeError, ValueError):
-        return None
-
-
-def _spec_args(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The constructor arguments a mapping spec gives (``init_args`` of a class_path spec)."""
-    if "class_path" in spec:
-        return dict(spec.get("init_args") or {})
-    return {k: v for k, v in spec.items() if k not in ("name", "weight", "label")}
-
-
-def _crop_rule_record(rule: Any) -> Any:
-    """A crop rule as a dataset spec takes it and JSON holds it: a name, a
-    ``{class_path, init_args}`` mapping, or ``None`` for a callable without a name."""
-    if rule is None or isinstance(rule, str):
-        return rule
-    if isinstance(rule, Mapping):
-        return plain_spec(dict(rule))
-    from hpelib.data.datasets.base import CROP_RULES
-
-    return next((name for name, fn in CROP_RULES.items() if fn is rule), None)
-
-
-def evaluation_crop(spec: Any) -> dict[str, Any]:
-    """How a dataset spec crops: ``{"dataset": class path, "crop_rule": ..., "box_source":
-    ...}`` (the spec's own values, else the dataset class's defaults; ``None`` where the
-    class has no such argument). A wrapper spec (``SplitDataset``, ``SAVariant``...) with no
-    crop of its own describes the dataset it wraps. ``{}`` for a spec that names no class."""
-    spec = plain_spec(spec)
-    factory = _dataset_factory(spec)
-    if factory is None:
-        return {}
-    if not isinstance(spec, Mapping):  # a Dataset instance
-        inner = getattr(spec, "dataset", None)
-        if not hasattr(spec, "crop_rule") and _dataset_factory(inner) is not None:
-            return evaluation_crop(inner)  # a wrapper (Subset, SplitDataset, a variant)
-        return {
-            "dataset": _qualified(factory),
-            "crop_rule": _crop_rule_record(getattr(spec, "crop_rule", None)),
-            "box_source": getattr(spec, "box_source", None),
-        }
-    args = _spec_args(spec)
-    if _parameter(factory, "crop_rule") is None and "dataset" in args:
-        return evaluation_crop(args["dataset"])
-    out: dict[str, Any] = {"dataset": _qualified(factory)}
-    for key in ("crop_rule", "box_source"):
-        param = _parameter(factory, key)
-        default = None if param is None or param.default is inspect.Parameter.empty else param.default
-        out[key] = args.get(key, default) if param is not None else None
-    out["crop_rule"] = _crop_rule_record(out["crop_rule"])
-    return out
-
-
-def _first_spec(spec: Any) -> Any:
-    """The first dataset spec of a stage (``test`` may map set names to specs)."""
-    spec = plain_spec(spec)
-    if isinstance(spec, Mapping) and not ({"name", "class_path"} & set(spec)):
-        return next(iter(spec.values()), None)
-    if isinstance(spec, list | tuple):
-        return spec[0] if spec else None
-    return spec
 
 
 # ----------------------------------------------------------------------------- loading
@@ -485,7 +384,7 @@ class HPEModule(LightningModule):
             return None
         record: dict[str, Any] = {k: v for k, v in dict(describe()).items()}
         specs = (getattr(datamodule, k, None) for k in ("val_spec", "test_spec", "train_spec"))
-        spec = next((s for s in map(_first_spec, specs) if s is not None), None)
+        spec = next((s for s in map(first_spec, specs) if s is not None), None)
         crop = evaluation_crop(spec) if spec is not None else {}
         record.update(
             dataset=crop.get("dataset"),
