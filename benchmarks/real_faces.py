@@ -34,7 +34,16 @@ How (the same for every row):
   in-plane to zero roll, then to the anchor's roll; by the paper's Corollary 3.1.1 an
   in-plane rotation keeps yaw and pitch in CLERF's decomposition, so the positive's label is
   the anchor's up to the yaw/pitch gap to its nearest neighbour; then stage 2, the MLP on
-  the frozen encoder).
+  the frozen encoder);
+  ``facemesh`` (only when asked for; needs ``pip install "hpelib[detect]"``): MediaPipe Face
+  Mesh landmarks + a rigid fit (:mod:`hpelib.baselines`), no training; faces it misses are
+  scored as frontal and the number found is printed.
+* **variants**: ``name:key=value,...`` (e.g. ``rankpose:ranking_weight=0``) passes model
+  keyword arguments (``data.key=value``: datamodule ones), values read as YAML; the row is
+  named by the whole spec.
+* ``--out-of-plane V``: the training faces expanded by ``V`` out-of-plane views each
+  (:class:`~hpelib.data.synthesis.OutOfPlaneViews`, towards profile, new poses every epoch;
+  the held fold untouched), same number of steps; rows are suffixed ``(out-of-plane xV)``.
 * ``--synthetic-weight W [W ...]``: each method also trained with procedural heads
   (:class:`~hpelib.data.synthetic.SyntheticHeads`, ``--synthetic-preset``, default
   ``frontal``, AFLW2000's range) drawn at share ``W`` of the training items
@@ -46,17 +55,17 @@ How (the same for every row):
 Outputs (``--output``, default ``runs/real_faces``): ``results.md`` (the table with the exact
 command in its header, also printed), ``folds.csv``, ``per_fold.csv`` (one row per method,
 synthetic weight and fold), ``errors_cdf.png`` (per-method CDF of the geodesic error, all
-folds run pooled).
+folds run pooled; one colour per method, dashed when trained with a synthetic or
+out-of-plane share), ``errors.csv`` (every test face's geodesic error per row).
 
-    python benchmarks/real_faces.py                                   # all rows, 5 folds
-    python benchmarks/real_faces.py --folds 0 --steps 150             # one fold, short
-    python benchmarks/real_faces.py --methods mean_pose sixd_geodesic --synthetic-weight 0 0.5
+    python benchmarks/real_faces.py                              # the default table
+    python benchmarks/real_faces.py --folds 0 1 2 3 4 --steps 1200   # all folds, longer
+    python benchmarks/real_faces.py --folds 0 --synthetic-weight 0 --methods lechpe lechpe:beta=0
     python benchmarks/real_faces.py --root /data/AFLW2000 --device cuda --steps 3000
 
-Default ``--steps`` (1200) is sized for a 2-core CPU: measured at 64 px, batch 32 (150
-steps, one fold; training images/s) sixd geodesic 113, sixd raw_mse 194, OpNet 205, LEC-HPE
-183, RankPose 104, CLERF 120, i.e. about 1.35 s per step for the six trained rows, so all
-rows on five folds take about 2.3 h (a ``--synthetic-weight`` value above 0 adds as much).
+The defaults (folds 0, 1 and 2 of five, 400 steps, synthetic weights 0 and 0.5) are sized
+to fit a working session on a 2-core CPU: the whole default table took about 80 minutes
+there, with other work sharing the cores.
 """
 
 from __future__ import annotations
@@ -75,6 +84,7 @@ import lightning as L
 import pandas as pd
 import roma
 import torch
+import yaml
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
@@ -86,96 +96,42 @@ from hpelib.callbacks import KMeansCentroidInit  # noqa: E402
 from hpelib.data.datamodule import HPEDataModule  # noqa: E402
 from hpelib.data.datasets import AFLW2000  # noqa: E402
 from hpelib.data.pairs import IdentityPairs  # noqa: E402
+from hpelib.data.splits import kfold_indices  # noqa: E402
+from hpelib.data.synthesis import OutOfPlaneViews  # noqa: E402
 from hpelib.data.synthetic import PRESETS, SyntheticHeads  # noqa: E402
-from hpelib.data.transforms import (  # noqa: E402
-    RandomHorizontalMirror,
-    RandomInPlaneRotation,
-    apply_warp,
-    image_center,
-)
+from hpelib.data.transforms import RandomHorizontalMirror, RandomInPlaneRotation  # noqa: E402
 from hpelib.methods import SixD  # noqa: E402
 from hpelib.methods.clerf import (  # noqa: E402
     CLERF,
     AnchorPositiveDataset,
-    PositiveSource,
+    RealFacePositiveSource,
     SyntheticPositiveSource,
 )
-from hpelib.methods.clerf.positives import split_roll  # noqa: E402
 from hpelib.methods.lechpe import LECHPE  # noqa: E402
 from hpelib.methods.opnet import OpNet  # noqa: E402
 from hpelib.methods.rankpose import RankPose  # noqa: E402
 from hpelib.metrics import pose_errors  # noqa: E402
 from hpelib.metrics.pose import predicted_euler  # noqa: E402
-from hpelib.rotation import ImageWarp, geodesic_distance  # noqa: E402
 
 METHODS = ("mean_pose", "sixd_geodesic", "sixd_raw_mse", "opnet", "lechpe", "rankpose", "clerf")
+#: Rows that train nothing (no synthetic mix, no options); ``facemesh`` is not a default row
+#: (it needs ``pip install "hpelib[detect]"``).
+UNTRAINED = ("mean_pose", "facemesh")
 COLUMNS = ("pitch_mae", "yaw_mae", "roll_mae", "mae", "geodesic", "within_10", "images_per_s")
 HALF_RESNET10 = {"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256]}
 
 
 # ----------------------------------------------------------------------------- folds
 def make_folds(n: int, k: int = 5, seed: int = 0) -> list[list[int]]:
-    """``k`` disjoint folds covering ``range(n)``: positions of a seeded permutation mod ``k``.
-
-    Returns ``k`` sorted index lists (sizes differ by at most one), a function of
-    ``(n, k, seed)`` only.
-    """
-    if not 2 <= k <= n:
-        raise ValueError(f"k must be in [2, {n}] for {n} faces, got {k}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [sorted(order[f::k]) for f in range(k)]
+    """:func:`hpelib.data.splits.kfold_indices` as lists (the folds of
+    :class:`~hpelib.data.splits.FoldDataset` and of ``examples/real_faces/*.yaml``)."""
+    return [f.tolist() for f in kfold_indices(n, k, seed)]
 
 
 def fold_table(files: Sequence[str], folds: Sequence[Sequence[int]]) -> pd.DataFrame:
     """``file, fold`` per face in file order (written to ``folds.csv``)."""
     fold_of = {i: f for f, idx in enumerate(folds) for i in idx}
     return pd.DataFrame({"file": list(files), "fold": [fold_of[i] for i in range(len(files))]})
-
-
-# ------------------------------------------------------------------ CLERF positives
-class RealFacePositiveSource(PositiveSource):
-    """CLERF positives from real training faces, de-rolled by an in-plane rotation.
-
-    Every training face ``j`` (label ``R_j = Rz(roll_j) R_yp_j``) is rotated in-plane once by
-    its roll, which gives an image labelled exactly ``R_yp_j`` (zero roll, same yaw and pitch:
-    CLERF's Corollary 3.1.1). ``render`` returns, for each requested zero-roll pose, one of the
-    ``candidates`` de-rolled faces nearest to it (geodesic distance) with its own exact label;
-    :func:`~hpelib.methods.clerf.make_positives` then rolls it to the anchor's roll.
-
-    Args:
-        images: ``(N, 3, S, S)`` uint8 training faces (the test-time crop).
-        rotations: ``(N, 3, 3)`` their labels.
-        candidates: draw among this many nearest faces (> 1, so a face is not always its
-            own positive).
-    """
-
-    def __init__(self, images: Tensor, rotations: Tensor, candidates: int = 4) -> None:
-        if images.ndim != 4 or images.shape[0] != rotations.shape[0] or images.shape[0] == 0:
-            raise ValueError(
-                f"RealFacePositiveSource: images (N, 3, S, S) and rotations (N, 3, 3) with the "
-                f"same N > 0, got {tuple(images.shape)} and {tuple(rotations.shape)}"
-            )
-        r_yp, roll = split_roll(rotations.float())
-        b, _, h, w = images.shape
-        # R = Rz(roll) R_yp and make_positives rolls by ImageWarp.rotation(-roll): undo it.
-        warp = ImageWarp.rotation(roll.double(), image_center(h, w, b, torch.float64))
-        moved = apply_warp({"image": images.float() / 255.0, "rotation": rotations.float()}, warp)
-        self.images = (moved["image"] * 255.0).round().clamp(0, 255).to(torch.uint8)
-        self.rotations = moved["rotation"]
-        self.candidates = int(min(candidates, b))
-        self._r_yp = r_yp
-
-    def render(self, rotations_yp: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """``rotations_yp (B, 3, 3)`` -> ``{"image" (B, 3, S, S) uint8, "rotation" (B, 3, 3)}``."""
-        query = rotations_yp.float().cpu()
-        dist = geodesic_distance(
-            query[:, None].expand(-1, len(self._r_yp), 3, 3),
-            self._r_yp[None].expand(len(query), -1, 3, 3),
-        )
-        near = dist.topk(self.candidates, dim=1, largest=False).indices
-        pick = torch.randint(0, self.candidates, (len(query),), generator=generator)
-        rows = near[torch.arange(len(near)), pick]
-        return {"image": self.images[rows], "rotation": self.rotations[rows].clone()}
 
 
 # ------------------------------------------------------------------------ helpers
@@ -260,9 +216,15 @@ class _Fold:
         self, args: argparse.Namespace, train_idx: list[int], test_idx: list[int], weight: float
     ) -> None:
         self.args, self.weight = args, weight
-        self.train = Subset(
+        self.train: Dataset = Subset(
             AFLW2000(args.root, image_size=args.size, train=True, seed=args.seed), train_idx
         )
+        if args.out_of_plane > 0:
+            # Real training faces turned out of plane (hpelib.data.synthesis), new poses
+            # every epoch; the held fold is never expanded.
+            self.train = OutOfPlaneViews(
+                self.train, views_per_image=args.out_of_plane, include_source=True, seed=args.seed
+            )
         framed = AFLW2000(args.root, image_size=args.size, train=False)
         self.test = Subset(framed, test_idx)
         self.train_framed = Subset(framed, train_idx)
@@ -303,21 +265,23 @@ def _fit(
     return time.perf_counter() - start
 
 
-def _single_stage(fold: _Fold, module: Any, **data_kwargs: Any) -> tuple[Any, HPEDataModule, float]:
+def _single_stage(
+    fold: _Fold, module: Any, data_kwargs: dict[str, Any]
+) -> tuple[Any, HPEDataModule, float]:
     weighted = fold.synthetic is not None
     data = fold.datamodule(_mix(fold.train, fold.synthetic, fold.weight), weighted, **data_kwargs)
     return module, data, _fit(fold, module, data, fold.args.steps)
 
 
-def run_sixd(fold: _Fold, loss: str) -> tuple[Any, HPEDataModule, float]:
-    return _single_stage(fold, SixD(**fold.backbone(), loss=loss, optimizer=fold.optimizer()))
+def run_sixd(fold: _Fold, loss: str, model: dict, data: dict) -> tuple[Any, HPEDataModule, float]:
+    kwargs = {**fold.backbone(), "loss": loss, **model}
+    return _single_stage(fold, SixD(**kwargs, optimizer=fold.optimizer()), data)
 
 
-def run_opnet(fold: _Fold) -> tuple[Any, HPEDataModule, float]:
-    module = OpNet(
-        **fold.backbone(), in_chans=1, shape_target="landmarks", optimizer=fold.optimizer()
-    )
-    return _single_stage(fold, module, grayscale=True, normalize=[[0.5, 0.5, 0.5], [1.0, 1.0, 1.0]])
+def run_opnet(fold: _Fold, model: dict, data: dict) -> tuple[Any, HPEDataModule, float]:
+    kwargs = {**fold.backbone(), "in_chans": 1, "shape_target": "landmarks", **model}
+    grey = {"grayscale": True, "normalize": [[0.5, 0.5, 0.5], [1.0, 1.0, 1.0]]}
+    return _single_stage(fold, OpNet(**kwargs, optimizer=fold.optimizer()), {**grey, **data})
 
 
 def _split_steps(args: argparse.Namespace) -> tuple[int, int]:
@@ -325,51 +289,64 @@ def _split_steps(args: argparse.Namespace) -> tuple[int, int]:
     return first, args.steps - first
 
 
-def run_lechpe(fold: _Fold) -> tuple[Any, HPEDataModule, float]:
-    module = LECHPE(**fold.backbone(), optimizer=fold.optimizer())
+def run_lechpe(fold: _Fold, model: dict, data: dict) -> tuple[Any, HPEDataModule, float]:
+    module = LECHPE(**{**fold.backbone(), **model}, optimizer=fold.optimizer())
     weighted = fold.synthetic is not None
-    data = fold.datamodule(_mix(fold.train, fold.synthetic, fold.weight), weighted)
+    dm = fold.datamodule(_mix(fold.train, fold.synthetic, fold.weight), weighted, **data)
     s1, s2 = _split_steps(fold.args)
-    seconds = _fit(fold, module, data, s1)
+    seconds = _fit(fold, module, dm, s1)
     module.set_stage(2)
-    data = fold.datamodule(_mix(fold.train, fold.synthetic, fold.weight), weighted)
-    seconds += _fit(fold, module, data, s2, [KMeansCentroidInit(n_init=3, seed=fold.args.seed)])
-    return module, data, seconds
+    dm = fold.datamodule(_mix(fold.train, fold.synthetic, fold.weight), weighted, **data)
+    seconds += _fit(fold, module, dm, s2, [KMeansCentroidInit(n_init=3, seed=fold.args.seed)])
+    return module, dm, seconds
 
 
-def run_rankpose(fold: _Fold) -> tuple[Any, HPEDataModule, float]:
-    real = IdentityPairs(
-        fold.train, identities=torch.arange(len(fold.train)), singletons="self", seed=fold.args.seed
-    )
+def run_rankpose(fold: _Fold, model: dict, data: dict) -> tuple[Any, HPEDataModule, float]:
+    real = IdentityPairs(fold.train, identities="per_item", singletons="self", seed=fold.args.seed)
     synthetic = None
     if fold.synthetic is not None:
         synthetic = IdentityPairs(fold.synthetic, singletons="self", seed=fold.args.seed)
-    module = RankPose(**fold.backbone(), optimizer=fold.optimizer())
+    module = RankPose(**{**fold.backbone(), **model}, optimizer=fold.optimizer())
     weighted = synthetic is not None
-    data = fold.datamodule(
-        _mix(real, synthetic, fold.weight), weighted, augmentation=_pairs_augmentation()
-    )
-    return module, data, _fit(fold, module, data, fold.args.steps)
+    data = {"augmentation": _pairs_augmentation(), **data}
+    dm = fold.datamodule(_mix(real, synthetic, fold.weight), weighted, **data)
+    return module, dm, _fit(fold, module, dm, fold.args.steps)
 
 
-def run_clerf(fold: _Fold) -> tuple[Any, HPEDataModule, float]:
-    images, rotations = _stack(fold.train_framed, range(len(fold.train_framed)))
-    source = RealFacePositiveSource(images, rotations)
+def run_clerf(fold: _Fold, model: dict, data: dict) -> tuple[Any, HPEDataModule, float]:
+    source = RealFacePositiveSource(fold.train_framed)
     real = AnchorPositiveDataset(fold.train, source=source, seed=None)
     synthetic = None
     if fold.synthetic is not None:
         synthetic = AnchorPositiveDataset(
             fold.synthetic, source=SyntheticPositiveSource(fold.args.size)
         )
-    module = CLERF(**fold.backbone(), embedding_dim=256, optimizer=fold.optimizer())
+    module = CLERF(**{**fold.backbone(), "embedding_dim": 256, **model}, optimizer=fold.optimizer())
     weighted = synthetic is not None
-    data = fold.datamodule(_mix(real, synthetic, fold.weight), weighted)
+    dm = fold.datamodule(_mix(real, synthetic, fold.weight), weighted, **data)
     s1, s2 = _split_steps(fold.args)
-    seconds = _fit(fold, module, data, s1)
+    seconds = _fit(fold, module, dm, s1)
     module.set_stage(2)
-    data = fold.datamodule(_mix(real, synthetic, fold.weight), weighted)
-    seconds += _fit(fold, module, data, s2)
-    return module, data, seconds
+    dm = fold.datamodule(_mix(real, synthetic, fold.weight), weighted, **data)
+    seconds += _fit(fold, module, dm, s2)
+    return module, dm, seconds
+
+
+def run_facemesh(fold: _Fold) -> dict[str, Tensor]:
+    """Errors of MediaPipe Face Mesh + a rigid fit (:mod:`hpelib.baselines`) on the held
+    fold, faces it misses scored as frontal; prints how many it found."""
+    from hpelib.baselines.landmark_fit import facemesh_dataset_rotations
+
+    rotations, found = facemesh_dataset_rotations(fold.test)
+    _, test_rot = _stack(fold.test, range(len(fold.test)))
+    errors = pose_errors(rotations, test_rot.float(), "300wlp")
+    found_only = summarise({k: v[found] for k, v in errors.items()})
+    print(
+        f"facemesh found {int(found.sum())} of {len(found)} faces; on those: MAE "
+        f"{found_only['mae']:.2f}, geodesic {found_only['geodesic']:.2f}",
+        flush=True,
+    )
+    return errors
 
 
 def run_mean_pose(fold: _Fold) -> dict[str, Tensor]:
@@ -380,9 +357,10 @@ def run_mean_pose(fold: _Fold) -> dict[str, Tensor]:
     return pose_errors(mean.expand(len(test_rot), 3, 3), test_rot.float(), "300wlp")
 
 
-RUNNERS: dict[str, Callable[[_Fold], tuple[Any, HPEDataModule, float]]] = {
-    "sixd_geodesic": lambda f: run_sixd(f, "geodesic"),
-    "sixd_raw_mse": lambda f: run_sixd(f, "raw_mse"),
+Runner = Callable[[_Fold, dict, dict], tuple[Any, HPEDataModule, float]]
+RUNNERS: dict[str, Runner] = {
+    "sixd_geodesic": lambda f, m, d: run_sixd(f, "geodesic", m, d),
+    "sixd_raw_mse": lambda f, m, d: run_sixd(f, "raw_mse", m, d),
     "opnet": run_opnet,
     "lechpe": run_lechpe,
     "rankpose": run_rankpose,
@@ -390,14 +368,50 @@ RUNNERS: dict[str, Callable[[_Fold], tuple[Any, HPEDataModule, float]]] = {
 }
 
 
+def _top_level_split(text: str) -> list[str]:
+    """Split at commas outside brackets/braces (a YAML flow value may hold commas)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``"rankpose:ranking_weight=0,data.grayscale=true"`` -> ``("rankpose", {model
+    keyword arguments}, {datamodule keyword arguments})``; values are YAML."""
+    name, _, options = spec.partition(":")
+    if name not in METHODS + UNTRAINED:
+        raise ValueError(
+            f"unknown method {name!r} in {spec!r}; choose from {list(METHODS + UNTRAINED)}"
+        )
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    for option in filter(None, _top_level_split(options)):
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{spec!r}: options are key=value, got {option!r}")
+        target, key = (data, key[5:]) if key.startswith("data.") else (model, key)
+        target[key] = yaml.safe_load(value)
+    if name in UNTRAINED and (model or data):
+        raise ValueError(f"{name} takes no options")
+    return name, model, data
+
+
 def run_one(fold: _Fold, method: str) -> tuple[dict[str, float], Tensor]:
-    """Train and score one method on one fold -> (table row, per-face geodesic errors)."""
-    if method == "mean_pose":
-        errors = run_mean_pose(fold)
+    """Train and score one method on one fold -> (table row, per-face geodesic errors).
+
+    ``method`` is a name of :data:`METHODS`, optionally with options (:func:`parse_method`)."""
+    method, model, data = parse_method(method)
+    if method in UNTRAINED:
+        errors = run_mean_pose(fold) if method == "mean_pose" else run_facemesh(fold)
         return {**summarise(errors), "images_per_s": math.nan}, errors["geodesic"]
     L.seed_everything(fold.args.seed, verbose=False)
-    module, data, seconds = RUNNERS[method](fold)
-    errors = _predict_errors(module, data, fold.test, fold.args.device)
+    module, dm, seconds = RUNNERS[method](fold, model, data)
+    errors = _predict_errors(module, dm, fold.test, fold.args.device)
     row = {**summarise(errors), "images_per_s": fold.args.steps * fold.args.batch_size / seconds}
     return row, errors["geodesic"]
 
@@ -433,9 +447,18 @@ def plot_cdf(curves: dict[str, Tensor], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # One colour per method (variants and synthetic mixes of it share it), dashed when
+    # trained with a synthetic or out-of-plane share: rows stay told apart past ten curves.
+    bases = list(dict.fromkeys(name.split(" (")[0].split(":")[0] for name in curves))
+    palette = plt.get_cmap("tab10")
     for name, errors in curves.items():
         values = errors.sort().values.numpy()
-        ax.plot(values, (torch.arange(1, len(values) + 1) / len(values)).numpy(), label=name)
+        base = name.split(" (")[0].split(":")[0]
+        mixed = ("(synthetic" in name and "(synthetic 0)" not in name) or "out-of-plane" in name
+        ax.plot(
+            values, (torch.arange(1, len(values) + 1) / len(values)).numpy(), label=name,
+            color=palette(bases.index(base) % 10), linestyle="--" if mixed else "-",
+        )  # fmt: skip
     ax.set(
         xlabel="geodesic error (degrees)", ylabel="share of test faces", xlim=(0, 90), ylim=(0, 1)
     )
@@ -453,13 +476,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=5, help="number of folds")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument(
-        "--folds", type=int, nargs="+", default=None, help="folds to run (default all)"
+        "--folds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="folds to run (default 0 1 2: three of the five, to fit a session on 2 cores)",
     )
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--synthetic-weight", type=float, nargs="+", default=[0.0])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        help=f"rows: {', '.join(METHODS)} (default) and facemesh (MediaPipe Face Mesh + rigid "
+        "fit, needs hpelib[detect]); a variant as name:key=value,... with model keyword "
+        "arguments (and data.key=value for the datamodule), e.g. rankpose:ranking_weight=0",
+    )
+    parser.add_argument("--synthetic-weight", type=float, nargs="+", default=[0.0, 0.5])
     parser.add_argument("--synthetic-preset", choices=PRESETS, default="frontal")
     parser.add_argument("--synthetic-samples", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument(
+        "--out-of-plane",
+        type=int,
+        default=0,
+        metavar="V",
+        help="expand the training faces by V out-of-plane views each (hpelib.data.synthesis)",
+    )
     parser.add_argument(
         "--stage1-share", type=float, default=0.5, help="LEC-HPE/CLERF stage 1 steps"
     )
@@ -480,6 +521,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"AFLW2000 folder {str(args.root)!r} not found; pass --root")
     if any(not 0 <= w < 1 for w in args.synthetic_weight):
         parser.error(f"--synthetic-weight values must be in [0, 1), got {args.synthetic_weight}")
+    for spec in args.methods:
+        try:
+            parse_method(spec)
+        except ValueError as err:
+            parser.error(str(err))
     if args.steps < 2:
         parser.error("--steps must be >= 2 (two-stage methods need a step per stage)")
     return args
@@ -506,9 +552,11 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             train_idx = sorted(i for g, idx in enumerate(folds) if g != f for i in idx)
             fold = _Fold(args, train_idx, test_idx, weight)
             for method in args.methods:
-                if method == "mean_pose" and weight > 0:
+                if method in UNTRAINED and weight > 0:
                     continue  # no training: synthetic heads change nothing
                 row, geodesic = run_one(fold, method)
+                if args.out_of_plane > 0:
+                    method = f"{method} (out-of-plane x{args.out_of_plane})"
                 rows.append({"method": method, "synthetic_weight": weight, "fold": f, **row})
                 name = _row_name(method, weight, args.synthetic_weight)
                 curves[name] = torch.cat([curves.get(name, torch.zeros(0)), geodesic])
@@ -519,6 +567,11 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     per_fold = pd.DataFrame(rows)
     per_fold.to_csv(args.output / "per_fold.csv", index=False)
     plot_cdf(curves, args.output / "errors_cdf.png")
+    # Per-face errors, so the figure can be re-drawn (or other statistics taken) later.
+    pd.DataFrame(
+        [(name, float(e)) for name, errors in curves.items() for e in errors.tolist()],
+        columns=["row", "geodesic"],
+    ).to_csv(args.output / "errors.csv", index=False)
     header = (
         f"`{args.command}`\n\nAFLW2000 at {args.root}: {len(framed)} faces, {args.k} folds (split seed "
         f"{args.split_seed}), folds run {run_folds}; {args.backbone}"

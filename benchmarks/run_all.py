@@ -42,6 +42,10 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     ),
     # Lightning Trainer.fit vs a plain PyTorch loop, items/s per method.
     "training_throughput": ("training_throughput.py", ["--quick"]),
+    # Out-of-plane synthesis of real faces (hpelib.data.synthesis): views/s.
+    "face_synthesis": ("face_synthesis.py", ["--n", "100"]),
+    # Where a real-image training step's time goes.
+    "real_image_pipeline": ("real_image_pipeline.py", ["--items", "50", "--repeats", "1", "--steps", "3"]),
     # Real faces (AFLW2000-dev, k-fold): one fold, a few steps, three rows.
     "real_faces": (
         "real_faces.py",

@@ -3,6 +3,7 @@
 * ``hpelib fit | validate | test | predict --config X.yaml`` — LightningCLI;
 * ``hpelib export --ckpt C --output model.onnx`` — ONNX export with a parity check;
 * ``hpelib evaluate --config X.yaml --ckpt C [C ...] --variants original sa fa`` — one table.
+* ``hpelib convert --from 6drepnet --input X.pth --output Y.ckpt`` — released weights -> hpelib.
 
 Every subcommand spells its options one way, LightningCLI's: ``--name value`` with
 underscores, booleans as ``--check false``. The earlier spellings of export/evaluate
@@ -166,6 +167,18 @@ def _run_evaluate(args: Namespace) -> Any:
     return evaluate_main(_argparse_argv(_evaluate_source(), args))
 
 
+def _convert_source() -> argparse.ArgumentParser:
+    from hpelib.weights.convert import _parser
+
+    return _parser()
+
+
+def _convert_main(argv: list[str]) -> Any:
+    from hpelib.weights.convert import main as convert_main
+
+    return convert_main(argv)
+
+
 #: ``hpelib export`` and ``hpelib evaluate``: listed by ``hpelib --help`` with the Trainer's.
 TOOL_SUBCOMMANDS: dict[str, _Tool] = {
     "export": _Tool(
@@ -178,6 +191,12 @@ TOOL_SUBCOMMANDS: dict[str, _Tool] = {
         "CSV + Markdown + error CDF plots.",
         add_arguments=lambda parser: _mirror_argparse(parser, _evaluate_source()),
         run=_run_evaluate,
+    ),
+    "convert": _Tool(
+        help="Convert released weights of another project (6DRepNet, 6DRepNet360) into an "
+        "hpelib checkpoint (docs/weights.md).",
+        add_arguments=lambda parser: _mirror_argparse(parser, _convert_source()),
+        run=lambda args: _convert_main(_argparse_argv(_convert_source(), args)),
     ),
 }
 

@@ -17,6 +17,12 @@ ImageNet normalisation, 64 px):
 
 Each checkpoint's row is labelled by the shortest end of its path that tells it from the
 others (``run1/checkpoints/last.ckpt`` vs ``run2/checkpoints/last.ckpt``), or ``--labels``.
+
+``--baselines facemesh`` adds the no-training landmark baseline
+(:mod:`hpelib.baselines.landmark_fit`, ``pip install "hpelib[detect]"``) on the original test
+sets, as two rows: ``facemesh (misses frontal)`` scores every face, those Face Mesh does not
+find as the frontal pose, and ``facemesh (found only)`` the found faces; the ``detected``
+column gives the fraction found (1 for checkpoints). ``--ckpt`` may then be left out.
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ from hpelib.specs import (
 )
 
 __all__ = [
+    "BASELINES",
     "VARIANTS",
+    "baseline_errors",
     "checkpoint_labels",
     "evaluate",
     "main",
@@ -139,6 +147,128 @@ def per_sample_errors(
     if not frames:
         raise ValueError("the test set has no labelled samples")
     return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- baselines
+#: No-training baselines ``--baselines`` accepts.
+BASELINES = ("facemesh",)
+
+#: Row labels of a baseline: every face (misses scored as frontal), found faces only.
+_BASELINE_ROWS = ("{name} (misses frontal)", "{name} (found only)")
+
+#: How the baselines' test sets are built: RGB in [0, 1]; the item images are only used by
+#: sets without full-resolution access (the Face Mesh baseline reads file-based sets' images
+#: at full size and cuts their crop box itself, see facemesh_dataset_rotations).
+_BASELINE_PREP: dict[str, Any] = {
+    "image_size": 192, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "grayscale": False,
+    "dataset": None, "crop_rule": None, "box_source": None,
+}  # fmt: skip
+
+
+def baseline_errors(
+    name: str,
+    dataset: Dataset,
+    convention: str = "300wlp",
+    legacy_6drepnet: bool = False,
+    batch_size: int = 64,
+) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """Per-sample errors (degrees) of the no-training baseline ``name`` on ``dataset``.
+
+    Returns:
+        ``(every face, found faces only, detected fraction)``: the first frame scores the
+        faces the baseline misses as the frontal pose; both have :func:`per_sample_errors`'s
+        columns.
+    """
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {list(BASELINES)}")
+    from hpelib.baselines.landmark_fit import facemesh_dataset_rotations
+
+    labels, angles, indices = [], [], []
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
+    start = 0
+    for batch in loader:
+        keep = batch[mask_key("rotation")]
+        indices += (start + torch.nonzero(keep).flatten()).tolist()
+        start += len(keep)
+        labels.append(batch["rotation"][keep].float())
+        if batch.get("target_angles_deg") is not None:
+            angles.append(batch["target_angles_deg"][keep])
+    if not indices:
+        raise ValueError("the test set has no labelled samples")
+    target = torch.cat(labels)
+    target_angles = torch.cat(angles) if len(angles) == len(labels) else None
+    rotations, found = facemesh_dataset_rotations(dataset, indices)
+
+    def frame(keep: torch.Tensor) -> pd.DataFrame:
+        errors = pose_errors(
+            rotations[keep], target[keep], convention, legacy_6drepnet,
+            None if target_angles is None else target_angles[keep],
+        )  # fmt: skip
+        return pd.DataFrame({k: v.cpu().numpy() for k, v in errors.items()})
+
+    every = torch.ones_like(found)
+    return frame(every), frame(found), float(found.float().mean())
+
+
+def _check_baselines_can_run(baselines: Sequence[str]) -> None:
+    """ImportError naming what to install when a requested baseline cannot run here."""
+    if "facemesh" in baselines:
+        from hpelib.baselines.landmark_fit import facemesh_unavailable_reason
+
+        reason = facemesh_unavailable_reason()
+        if reason is not None:
+            raise ImportError(f"baseline 'facemesh' cannot run: {reason}")
+
+
+def _summary_row(
+    label: str, set_label: str, convention: str, errors: pd.DataFrame
+) -> dict[str, Any]:
+    means = errors.mean()
+    return {
+        "checkpoint": label,
+        "test_set": set_label,
+        "convention": convention,
+        **{f"{n}_mae": float(means[n]) for n in euler_names(convention)},
+        "mae": float(means["mae"]),
+        "geodesic": float(means["geodesic"]),
+        "median_geodesic": float(errors["geodesic"].median()),
+        "n": len(errors),
+    }
+
+
+def _baseline_rows(
+    names: Sequence[str],
+    test_sets: Any,
+    data_kwargs: Mapping[str, Any],
+    variants: Sequence[str],
+    convention: str | None,
+    legacy_6drepnet: bool,
+    batch_size: int,
+    taken: Sequence[str],
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], pd.DataFrame]]:
+    """The rows and per-sample errors of each baseline on each original test set."""
+    rows: list[dict[str, Any]] = []
+    all_errors: dict[tuple[str, str], pd.DataFrame] = {}
+    if not names:
+        return rows, all_errors
+    clash = sorted({r.format(name=n) for n in names for r in _BASELINE_ROWS} & set(taken))
+    if clash:
+        raise ValueError(f"checkpoint labels {clash} are baseline row names; pass other --labels")
+    if any(v != "original" for v in variants):
+        _log.info("evaluate: baselines are scored on the original test sets only")
+    datamodule = _datamodule_for(test_sets, _BASELINE_PREP, dict(data_kwargs), "the baselines")
+    scored_in = convention or "300wlp"
+    for name in dict.fromkeys(names):
+        for set_name, dataset in zip(datamodule.test_names, datamodule.test_datasets, strict=True):
+            every, found, detected = baseline_errors(
+                name, dataset, scored_in, legacy_6drepnet, batch_size
+            )
+            for row_label, errors in zip(_BASELINE_ROWS, (every, found), strict=True):
+                label = row_label.format(name=name)
+                all_errors[(label, set_name)] = errors
+                row = _summary_row(label, set_name, scored_in, errors)
+                rows.append({**row, "detected": detected})
+    return rows, all_errors
 
 
 # ----------------------------------------------------------------------------- labels
@@ -257,6 +387,7 @@ def evaluate(
     batch_size: int = 64,
     trust_checkpoint: bool | None = None,
     labels: Sequence[str] | None = None,
+    baselines: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
     """Evaluate every checkpoint on every (test set x variant), each with its own
     preprocessing (see the module docstring).
@@ -274,6 +405,8 @@ def evaluate(
         legacy_6drepnet: 6DRepNet's +/-180 wrap of the angle errors.
         batch_size: evaluation batch size.
         labels: one unique label per checkpoint (default: :func:`checkpoint_labels`).
+        baselines: names in :data:`BASELINES`, scored on the original sets (module
+            docstring); the table then has a ``detected`` column.
 
     Returns:
         ``(table, errors)``: the summary table (one row per checkpoint, set and variant with
@@ -283,6 +416,12 @@ def evaluate(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
+    if not checkpoints and not baselines:
+        raise ValueError("nothing to evaluate: give checkpoints or baselines")
+    _check_baselines_can_run(baselines)  # before hours of checkpoint evaluation
     names_of = checkpoint_labels(checkpoints, labels)
     ignored = sorted(set(data_kwargs or {}) & set(_FROM_CHECKPOINT))
     if ignored:
@@ -300,7 +439,6 @@ def evaluate(
             datamodules[key] = _datamodule_for(test_sets, prep, dict(data_kwargs or {}), source)
         datamodule = datamodules[key]
         scored_in = convention or prep["euler_convention"] or "300wlp"
-        names = euler_names(scored_in)
         for set_name, dataset in zip(datamodule.test_names, datamodule.test_datasets, strict=True):
             for variant in variants:
                 errors = per_sample_errors(
@@ -309,20 +447,15 @@ def evaluate(
                 )  # fmt: skip
                 label = set_name if variant == "original" else f"{set_name}/{variant}"
                 all_errors[(ckpt_label, label)] = errors
-                means = errors.mean()
-                rows.append(
-                    {
-                        "checkpoint": ckpt_label,
-                        "test_set": label,
-                        "convention": scored_in,
-                        **{f"{n}_mae": float(means[n]) for n in names},
-                        "mae": float(means["mae"]),
-                        "geodesic": float(means["geodesic"]),
-                        "median_geodesic": float(errors["geodesic"].median()),
-                        "n": len(errors),
-                    }
-                )
-    return pd.DataFrame(rows), all_errors
+                rows.append(_summary_row(ckpt_label, label, scored_in, errors))
+    extra_rows, extra_errors = _baseline_rows(
+        baselines, test_sets, data_kwargs or {}, variants, convention, legacy_6drepnet,
+        batch_size, names_of,
+    )  # fmt: skip
+    table = pd.DataFrame(rows + extra_rows)
+    if extra_rows:
+        table["detected"] = table["detected"].fillna(1.0)  # a checkpoint scores every face
+    return table, all_errors | extra_errors
 
 
 def plot_error_cdf(
@@ -397,7 +530,15 @@ def _check_outputs(out: Path, inputs: Sequence[Path]) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpelib evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML config whose data section defines the test sets")
-    parser.add_argument("--ckpt", nargs="+", required=True, help="one or more checkpoints")
+    parser.add_argument(
+        "--ckpt", nargs="+", default=None,
+        help="one or more checkpoints (optional with --baselines)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baselines", nargs="+", default=None, choices=list(BASELINES),
+        help="no-training baselines to add as rows: facemesh (MediaPipe Face Mesh landmarks + "
+        'rigid fit, pip install "hpelib[detect]"; two rows: misses scored frontal, found only)',
+    )  # fmt: skip
     parser.add_argument(
         "--labels", nargs="+", default=None,
         help="one unique row/curve label per checkpoint (default: the shortest distinguishing "
@@ -433,11 +574,18 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     for key in ("train", "val", "predict", "samples_per_epoch", "augmentation", *_FROM_CHECKPOINT):
         data.pop(key, None)
     data.pop("batch_size", None)
+    checkpoints = list(args.ckpt or [])
+    if not checkpoints and not args.baselines:
+        raise SystemExit("hpelib evaluate: give --ckpt and/or --baselines")
     out = Path(args.output)
-    _check_outputs(out, [config_path, *map(Path, args.ckpt)])  # before hours of evaluation
+    _check_outputs(out, [config_path, *map(Path, checkpoints)])  # before hours of evaluation
+    try:
+        _check_baselines_can_run(args.baselines or ())
+    except ImportError as err:
+        raise SystemExit(f"hpelib evaluate: {err}") from err
     table, errors = evaluate(
-        args.ckpt, test_sets, data, args.variants, args.convention, args.legacy_6drepnet,
-        args.batch_size, args.trust_checkpoint, args.labels,
+        checkpoints, test_sets, data, args.variants, args.convention, args.legacy_6drepnet,
+        args.batch_size, args.trust_checkpoint, args.labels, args.baselines or (),
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False)

@@ -41,3 +41,41 @@ def test_mkdocs_builds_strict(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+def _griffe_extension():
+    pytest.importorskip("griffe", reason="griffe is installed with mkdocstrings[python] (docs extra)")
+    import importlib.util
+
+    path = ROOT / "docs" / "api" / "griffe_grouped_params.py"
+    spec = importlib.util.spec_from_file_location("griffe_grouped_params", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grouped_args_become_one_entry_per_name():
+    ext = _griffe_extension()
+    text = (
+        "Summary.\n\nArgs:\n    a, b: shared\n        more.\n    c: own.\n    d, e,\n    f: wrapped.\n"
+        "\nReturns:\n    x, y: not parameters.\n"
+    )
+    assert ext.expand_grouped_params(text) == (
+        "Summary.\n\nArgs:\n    a: shared\n        more.\n    b: shared\n        more.\n"
+        "    c: own.\n    d: wrapped.\n    e: wrapped.\n    f: wrapped.\n"
+        "\nReturns:\n    x, y: not parameters.\n"
+    )
+    assert ext.strip_sphinx_roles("see :func:`hpelib.nn.x` and :class:`~a.B`") == "see `hpelib.nn.x` and `B`"
+
+
+def test_a_wrong_name_in_a_group_still_warns(caplog):
+    ext = _griffe_extension()
+    import griffe
+
+    code = 'def f(a, b):\n    """Sum.\n\n    Args:\n        a, c: numbers.\n    """\n'
+    extensions = griffe.load_extensions(ext.GroupedParams)
+    with griffe.temporary_visited_module(code, extensions=extensions) as module:
+        with caplog.at_level("WARNING"):
+            params = module["f"].docstring.parse("google")[1].value
+    assert [p.name for p in params] == ["a", "c"]
+    assert "Parameter 'c' does not appear in the function signature" in caplog.text

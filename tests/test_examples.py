@@ -23,7 +23,11 @@ PARTIAL = {"opnet_mixture.yaml": "opnet_paper.yaml"}
 
 
 def _configs() -> list[Path]:
-    return sorted(EXAMPLES.glob("*.yaml"))
+    return sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("real_faces/*.yaml"))
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(EXAMPLES))
 
 
 def _config_args(path: Path) -> list[str]:
@@ -37,7 +41,7 @@ def _class_names(node: object) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("path", _configs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _configs(), ids=_id)
 def test_example_parses_with_print_config(path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *_config_args(path), "--print_config"])
@@ -50,7 +54,7 @@ def test_example_parses_with_print_config(path, capsys):
         assert not problems, problems
 
 
-@pytest.mark.parametrize("path", _configs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _configs(), ids=_id)
 def test_a_running_schedule_is_logged(path):
     config = yaml.safe_load(path.read_text())
     if path.name in PARTIAL:
@@ -65,7 +69,7 @@ def test_a_running_schedule_is_logged(path):
         assert "LearningRateMonitor" in callbacks, f"{path.name}: a schedule runs but no LR monitor"
 
 
-@pytest.mark.parametrize("path", _configs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _configs(), ids=_id)
 def test_validation_is_not_a_test_set(path):
     config = yaml.safe_load(path.read_text())
     data = config.get("data") or {}
@@ -95,7 +99,7 @@ def _few_samples(node: dict) -> None:
         node["num_samples"] = 8
 
 
-@pytest.mark.parametrize("path", _swa_configs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _swa_configs(), ids=_id)
 def test_saved_config_of_a_short_fit_parses_again(path, tmp_path, request, capsys):
     # A couple of CPU steps (fixtures for real-data configs, timm's test_resnet at 64 px),
     # the config's SWA block as written; the saved config.yaml must be usable with --config.

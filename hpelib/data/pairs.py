@@ -26,7 +26,7 @@ single item cannot form a pair: they are dropped (default) or paired with themse
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -117,7 +117,9 @@ class IdentityPairs(Dataset):
             or ``{"name": ...}``, as in :class:`~hpelib.data.datamodule.HPEDataModule`), so a
             YAML config can wrap any dataset.
         identities: ``(len(dataset),)`` identity per item (``-1`` = unknown); default:
-            :func:`dataset_identities`.
+            :func:`dataset_identities`; ``"per_item"``: every item is its own identity (with
+            ``singletons="self"``, a pair is two independently augmented views of one image,
+            for sets with one image per person such as AFLW2000).
         seed: seed of the partner choice.
         partner_key: key of the partner sample in the returned dict.
         singletons: ``"drop"`` (identities with one item are not anchors) or ``"self"``
@@ -132,7 +134,7 @@ class IdentityPairs(Dataset):
     def __init__(
         self,
         dataset: Dataset | Mapping[str, Any],
-        identities: Sequence[int] | Tensor | None = None,
+        identities: Sequence[int] | Tensor | Literal["per_item"] | None = None,
         seed: int = 0,
         partner_key: str = "partner",
         singletons: str = "drop",
@@ -146,7 +148,14 @@ class IdentityPairs(Dataset):
 
             dataset = build_dataset_from_spec(dataset)
         self.dataset = dataset
-        ids = dataset_identities(dataset) if identities is None else torch.as_tensor(identities, dtype=torch.int64).reshape(-1)
+        if isinstance(identities, str):
+            if identities != "per_item":
+                raise ValueError(f"identities={identities!r}: give a sequence or 'per_item'")
+            ids = torch.arange(len(dataset))  # type: ignore[arg-type]
+        elif identities is None:
+            ids = dataset_identities(dataset)
+        else:
+            ids = torch.as_tensor(identities, dtype=torch.int64).reshape(-1)
         if ids.numel() != len(dataset):  # type: ignore[arg-type]
             raise ValueError(
                 f"identities has {ids.numel()} entries but the dataset has {len(dataset)} items"  # type: ignore[arg-type]

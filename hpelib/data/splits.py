@@ -27,13 +27,23 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["SPLIT_MODES", "SPLIT_PARTS", "SplitDataset", "split_indices"]
+__all__ = [
+    "FOLD_PARTS",
+    "SPLIT_MODES",
+    "SPLIT_PARTS",
+    "FoldDataset",
+    "SplitDataset",
+    "kfold_indices",
+    "split_indices",
+]
 
 #: The two parts of a split.
 SPLIT_PARTS: tuple[str, ...] = ("train", "val")
 #: ``"identity"``: whole identities per part (unknown ones split by image); ``"image"``: a
 #: random image split; ``"auto"``: by identity where any identity is known, else by image.
 SPLIT_MODES: tuple[str, ...] = ("auto", "identity", "image")
+#: The two parts of a k-fold split: every fold but one, and that one.
+FOLD_PARTS: tuple[str, ...] = ("train", "test")
 
 
 def split_indices(
@@ -132,6 +142,70 @@ class SplitDataset(Dataset):
         self.indices = train if part == "train" else val
         self.identities = ids[self.indices]
         self.name = f"{getattr(self.dataset, 'name', type(self.dataset).__name__)}_{part}"
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[int(self.indices[index])]
+
+
+def kfold_indices(n: int, k: int = 5, seed: int = 0) -> list[Tensor]:
+    """``k`` disjoint folds covering ``range(n)``: fold ``f`` holds the items at positions
+    ``f, f + k, f + 2k, ...`` of a permutation seeded by ``seed``.
+
+    Returns:
+        ``k`` sorted int64 index tensors whose sizes differ by at most one; a function of
+        ``(n, k, seed)`` only, so every run (and :class:`FoldDataset`) sees the same folds.
+    """
+    if not 2 <= k <= n:
+        raise ValueError(f"k must be in [2, {n}] for {n} items, got {k}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return [order[f::k].sort().values for f in range(k)]
+
+
+class FoldDataset(Dataset):
+    """One part of a seeded k-fold split of ``dataset``: ``"test"`` = fold ``fold``,
+    ``"train"`` = every other fold (:func:`kfold_indices`; items, not identities, are split,
+    so use it on sets with one image per person such as AFLW2000).
+
+    Args:
+        dataset: a dataset, or a spec the datamodule understands.
+        k: number of folds.
+        fold: the held-out fold, in ``[0, k)``.
+        part: ``"train"`` or ``"test"``.
+        seed: seed of the fold assignment (the same for both parts).
+
+    The train part is usually built from the dataset's train-time variant (crop jitter) and
+    the test part from its evaluation variant: they hold the same items in the same order
+    as long as both variants index the same files (as AFLW2000's do). ``indices`` (positions
+    in ``dataset``) and ``name`` are exposed.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset | Mapping[str, Any],
+        k: int = 5,
+        fold: int = 0,
+        part: str = "train",
+        seed: int = 0,
+    ) -> None:
+        from hpelib.data.datamodule import build_dataset_from_spec
+
+        if part not in FOLD_PARTS:
+            raise ValueError(f"fold part={part!r} is not one of {FOLD_PARTS}")
+        if not 0 <= fold < k:
+            raise ValueError(f"fold={fold} must be in [0, {k - 1}] for k={k}")
+        self.dataset = build_dataset_from_spec(dataset)
+        folds = kfold_indices(len(self.dataset), k, seed)  # type: ignore[arg-type]
+        if part == "test":
+            self.indices = folds[fold]
+        else:
+            self.indices = torch.cat([f for g, f in enumerate(folds) if g != fold]).sort().values
+        self.k, self.fold, self.part, self.seed = int(k), int(fold), part, int(seed)
+        self.name = (
+            f"{getattr(self.dataset, 'name', type(self.dataset).__name__)}_fold{fold}_{part}"
+        )
 
     def __len__(self) -> int:
         return int(self.indices.numel())

@@ -22,6 +22,7 @@ import timm
 from torch import nn
 
 from hpelib.checkpoint_io import read_checkpoint
+from hpelib.nn import repvgg as _repvgg  # noqa: F401  (registers timm's missing repvgg_b1g2)
 
 __all__ = [
     "BackboneNotFoundError",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from hpelib.rotation import rotation_from_6d, rotation_from_9d
+from hpelib.rotation import rotation_from_6d, rotation_from_6drepnet_matrix, rotation_from_9d
 
 __all__ = ["MLP", "ROTATION_REPRESENTATIONS", "RotationHead", "SixDHead"]
 
@@ -16,6 +16,9 @@ __all__ = ["MLP", "ROTATION_REPRESENTATIONS", "RotationHead", "SixDHead"]
 ROTATION_REPRESENTATIONS: dict[str, tuple[int, Callable[[Tensor], Tensor]]] = {
     "6d": (6, rotation_from_6d),  # Gram-Schmidt (Zhou et al. 2019; 6DRepNet)
     "9d": (9, rotation_from_9d),  # SVD, symmetric orthogonalisation (Levinson et al. 2020)
+    # 6DRepNet's released models: Gram-Schmidt gives the 300W-LP label matrix R6, turned
+    # into hpelib's convention (hpelib.weights converts those releases).
+    "6drepnet": (6, lambda raw: rotation_from_6drepnet_matrix(rotation_from_6d(raw))),
 }
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -33,30 +32,13 @@ def test_folds_disjoint_cover_and_fixed(real_faces) -> None:
         real_faces.make_folds(10, 1)
 
 
-def test_positive_source_returns_zero_roll_faces(real_faces) -> None:
-    from hpelib.methods.clerf import make_positives
-    from hpelib.rotation import (
-        euler_clerf_from_rotation,
-        geodesic_distance,
-        rotation_from_euler_clerf,
-    )
-
-    angles = torch.deg2rad(torch.tensor([[10.0, -5.0, 30.0], [-40.0, 15.0, -20.0]]))
-    rotations = rotation_from_euler_clerf(*angles.T)
-    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    source = real_faces.RealFacePositiveSource(images, rotations, candidates=1)
-    _, _, roll = euler_clerf_from_rotation(source.rotations)
-    assert roll.abs().max() < 1e-4  # de-rolled: zero roll, same yaw and pitch
-    positives = make_positives(rotations, source, torch.Generator().manual_seed(0))
-    assert geodesic_distance(positives["rotation"], rotations).max() < 1e-3
-
-
 def test_one_fold_three_rows(real_faces, shared_dir: Path, tmp_path: Path) -> None:
     root = shared_dir / "data" / "AFLW2000-dev"
     if not root.is_dir():
         pytest.skip(f"{root} not found")
     argv = ["--root", str(root), "--output", str(tmp_path), "--folds", "0", "--steps", "2",
-            "--batch-size", "8", "--size", "32", "--methods", "mean_pose", "sixd_raw_mse", "clerf"]  # fmt: skip
+            "--batch-size", "8", "--size", "32", "--synthetic-weight", "0",
+            "--methods", "mean_pose", "sixd_raw_mse", "clerf"]  # fmt: skip
     per_fold = real_faces.main(argv)
     assert per_fold["method"].tolist() == ["mean_pose", "sixd_raw_mse", "clerf"]
     assert set(real_faces.COLUMNS) <= set(per_fold.columns)
@@ -71,3 +53,19 @@ def test_one_fold_three_rows(real_faces, shared_dir: Path, tmp_path: Path) -> No
     assert all(column in header for column in real_faces.COLUMNS)
     assert (tmp_path / "errors_cdf.png").stat().st_size > 0
     assert (tmp_path / "per_fold.csv").is_file()
+
+
+def test_method_variants_parse_model_and_data_options(real_faces) -> None:
+    assert real_faces.parse_method("rankpose") == ("rankpose", {}, {})
+    name, model, data = real_faces.parse_method(
+        "opnet:in_chans=3,loss_weights={rotation: 1.0, landmarks: 0},data.grayscale=false"
+    )
+    assert name == "opnet"
+    assert model == {"in_chans": 3, "loss_weights": {"rotation": 1.0, "landmarks": 0}}
+    assert data == {"grayscale": False}
+    with pytest.raises(ValueError, match="unknown method"):
+        real_faces.parse_method("sixd:loss=geodesic")
+    with pytest.raises(ValueError, match="key=value"):
+        real_faces.parse_method("lechpe:beta")
+    with pytest.raises(ValueError, match="mean_pose takes no options"):
+        real_faces.parse_method("mean_pose:x=1")

@@ -168,3 +168,12 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(
         ds = AFLW2000(root, cache="data")
     assert len(ds) == 1 and ds[0]["landmarks_3d"].shape == (68, 3)
     assert f"ignoring unreadable index cache {path}" in caplog.text
+
+
+@pytest.mark.parametrize("off", [None, False, "none", "off", "None"])
+def test_cache_off_spellings_write_nothing(off, tmp_path, monkeypatch) -> None:
+    from hpelib.data.datasets.index_cache import _cache_folders
+
+    monkeypatch.chdir(tmp_path)
+    assert _cache_folders(tmp_path, off) == []
+    assert list(tmp_path.iterdir()) == []  # no folder named after the word

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import Dataset
 
-from hpelib.data.splits import SplitDataset, split_indices
+from hpelib.data.splits import FoldDataset, SplitDataset, kfold_indices, split_indices
 
 
 class _Items(Dataset):
@@ -87,3 +87,35 @@ def test_bad_split_arguments_are_named():
         SplitDataset(_Items([-1, -1, -1]), by="identity")
     with pytest.raises(ValueError, match="at least 2"):
         SplitDataset(_Items([0]))
+
+
+# ----------------------------------------------------------------------------- k folds
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 300), k=st.integers(2, 10), seed=st.integers(0, 3))
+def test_kfold_indices_disjoint_cover_balanced_and_seeded(n: int, k: int, seed: int) -> None:
+    if k > n:
+        with pytest.raises(ValueError, match="k must be"):
+            kfold_indices(n, k, seed)
+        return
+    folds = kfold_indices(n, k, seed)
+    assert len(folds) == k
+    assert sorted(torch.cat(folds).tolist()) == list(range(n))  # every item, none twice
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(torch.equal(a, b) for a, b in zip(folds, kfold_indices(n, k, seed), strict=True))
+
+
+def test_fold_dataset_parts_are_complementary() -> None:
+    data = _Items(list(range(50)))
+    for fold in range(5):
+        test = FoldDataset(data, k=5, fold=fold, part="test", seed=3)
+        train = FoldDataset(data, k=5, fold=fold, part="train", seed=3)
+        got_test = {int(test[i]["index"]) for i in range(len(test))}
+        got_train = {int(train[i]["index"]) for i in range(len(train))}
+        assert got_test == set(kfold_indices(50, 5, 3)[fold].tolist())
+        assert got_test.isdisjoint(got_train) and got_test | got_train == set(range(50))
+    assert "fold2_test" in FoldDataset(data, k=5, fold=2, part="test").name
+    with pytest.raises(ValueError, match="fold=5"):
+        FoldDataset(data, k=5, fold=5)
+    with pytest.raises(ValueError, match="part='val'"):
+        FoldDataset(data, part="val")

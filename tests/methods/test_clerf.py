@@ -21,6 +21,7 @@ from hpelib.methods.clerf import (
     FolderPositiveSource,
     PoseMLP,
     PositiveSource,
+    RealFacePositiveSource,
     SharedGeometricAugmentation,
     SyntheticPositiveSource,
     geodesic_cosine,
@@ -92,6 +93,43 @@ def test_roll_warp_reproduces_a_direct_render_of_the_anchor_pose():
     err_warp = (warped - direct).abs()[..., disk].mean()
     err_none = (unrolled - direct).abs()[..., disk].mean()
     assert err_warp < 0.25 * err_none, (float(err_warp), float(err_none))
+
+
+class _Faces(torch.utils.data.Dataset):
+    """Items ``{"image" uint8, "rotation"}`` at the given CLERF (yaw, pitch, roll) degrees."""
+
+    def __init__(self, angles_deg: list[tuple[float, float, float]]) -> None:
+        a = torch.tensor(angles_deg).deg2rad()
+        self.rotations = hr.rotation_from_euler_clerf(a[:, 0], a[:, 1], a[:, 2])
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (len(a), 3, 32, 32), dtype=torch.uint8, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.rotations)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "rotation": self.rotations[i]}
+
+
+def test_real_face_source_derolls_and_gives_exact_labels():
+    faces = _Faces([(10.0, -5.0, 30.0), (-40.0, 15.0, -20.0), (120.0, 0.0, 0.0)])
+    source = RealFacePositiveSource(faces, candidates=1)
+    _, _, roll = hr.euler_clerf_from_rotation(source.rotations)
+    assert roll.abs().max() < 1e-4  # de-rolled: zero roll, same yaw and pitch
+    yaw_pitch = hr.euler_clerf_from_rotation(faces.rotations)[:2]
+    for got, want in zip(hr.euler_clerf_from_rotation(source.rotations)[:2], yaw_pitch, strict=True):
+        assert torch.allclose(got, want, atol=1e-4)
+    # The faces' own poses: each face is its own nearest, so the positive is exact.
+    positives = make_positives(faces.rotations, source, torch.Generator().manual_seed(0))
+    assert hr.geodesic_distance(positives["rotation"], faces.rotations).max() < 1e-3
+    # A new pose gets the face nearest in yaw/pitch, rolled to the requested roll.
+    query = hr.rotation_from_euler_clerf(_deg(-35.0)[None], _deg(10.0)[None], _deg(50.0)[None])
+    got = make_positives(query, source, torch.Generator())["rotation"]
+    yaw, pitch, roll = hr.euler_clerf_from_rotation(got)
+    assert torch.allclose(torch.stack([yaw, pitch]).rad2deg().flatten(), torch.tensor([-40.0, 15.0]), atol=1e-3)
+    assert torch.allclose(roll.rad2deg(), torch.tensor([50.0]), atol=1e-3)
+    with pytest.raises(ValueError, match="empty"):
+        RealFacePositiveSource(torch.utils.data.Subset(faces, []))
 
 
 def test_folder_source_uses_nearest_pose_and_keeps_exact_labels(tmp_path):

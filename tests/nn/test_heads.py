@@ -37,5 +37,5 @@ def test_sixd_head_keeps_its_parameter_names_and_unknown_name_errors():
     # Checkpoints written before RotationHead existed hold "head.linear.*": still loadable.
     assert set(SixDHead(8).state_dict()) == {"linear.weight", "linear.bias"}
     assert SixDHead(8).representation == "6d"
-    with pytest.raises(ValueError, match="unknown rotation representation '6D'.*'6d', '9d'"):
+    with pytest.raises(ValueError, match="unknown rotation representation '6D'.*'6d', '6drepnet', '9d'"):
         RotationHead(8, "6D")

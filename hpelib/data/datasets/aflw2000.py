@@ -93,6 +93,9 @@ class AFLW2000(IndexedPoseDataset):
             have an ``|angle| > pi`` (degrees where ``Pose_Para`` holds radians; rule in
             :func:`~hpelib.data.datasets.base.angle_unit_mixup`). ``False`` skips it, for a
             hand-picked set made mostly of AFLW2000's wild labels (beyond 180 degrees).
+        reduced_decode: decode JPEGs at 1/2, 1/4 or 1/8 scale when the crop allows (faster
+            training items, slightly different pixels; see
+            :class:`~hpelib.data.datasets.base.IndexedPoseDataset`).
     """
 
     name = "aflw2000"
@@ -110,6 +113,7 @@ class AFLW2000(IndexedPoseDataset):
         seed: int = 0,
         cache: CacheSpec = "auto",
         check_units: bool = True,
+        reduced_decode: bool = False,
     ) -> None:
         root = Path(root)
         mats = sorted(root.glob("*.mat")) if root.is_dir() else []
@@ -128,5 +132,5 @@ class AFLW2000(IndexedPoseDataset):
         index = euler_index_to_rotation(index, None)
         index = apply_invalid_policy(index, on_invalid, "aflw2000")
         index = apply_filter_99(index, filter_99, "aflw2000", root)
-        super().__init__(index, root, image_size, crop_rule, train, seed)
+        super().__init__(index, root, image_size, crop_rule, train, seed, reduced_decode)
         self.num_filtered = int(index.attrs["filtered"])

@@ -56,8 +56,10 @@ __all__ = ["CacheSpec", "cached_index", "default_cache_dir", "files_fingerprint"
 
 logger = logging.getLogger("hpelib.data")
 
-#: ``"auto"`` | ``"data"`` | ``"user"`` | a folder | ``True`` (= auto) | ``False``/``None`` (off).
+#: ``"auto"`` | ``"data"`` | ``"user"`` | a folder | ``True`` (= auto) | ``False``/``None``/
+#: ``"none"``/``"off"`` (off).
 CacheSpec = bool | str | os.PathLike[str] | None
+_OFF = ("none", "off")
 
 # Bump when the index layout written by any loader (or the file format) changes, to
 # invalidate old caches. 3: npz without pickle (was a pandas pickle).
@@ -340,7 +342,8 @@ def _writable(folder: Path) -> bool:
 
 
 def _cache_folders(root: Path, cache: CacheSpec) -> list[Path]:
-    if cache is None or cache is False:
+    # "none"/"off" mean off (as SyntheticHeads' cache="none"), never a folder of that name.
+    if cache is None or cache is False or (isinstance(cache, str) and cache.lower() in _OFF):
         return []
     if cache == "data":
         return [root / ".hpelib_index", default_cache_dir()]

@@ -335,6 +335,9 @@ class Pose300WLP(IndexedPoseDataset):
             :func:`~hpelib.data.datasets.base.angle_unit_mixup`). ``False`` skips it, for a
             hand-picked set made mostly of wild labels (beyond 180 degrees), which it would
             take for degrees.
+        reduced_decode: decode JPEGs at 1/2, 1/4 or 1/8 scale when the crop allows (faster
+            training items, slightly different pixels; see
+            :class:`~hpelib.data.datasets.base.IndexedPoseDataset`).
 
     Items carry ``identity`` (same original photo = same person) for pair samplers.
     """
@@ -356,6 +359,7 @@ class Pose300WLP(IndexedPoseDataset):
         shape_params: bool = False,
         cache: CacheSpec = "auto",
         check_units: bool = True,
+        reduced_decode: bool = False,
     ) -> None:
         root = Path(root)
         if isinstance(subsets, str):
@@ -392,4 +396,4 @@ class Pose300WLP(IndexedPoseDataset):
             check_3ddfa_units(index, "300wlp", root)
         index = euler_index_to_rotation(index, angle_limit_deg)
         index = apply_invalid_policy(index, on_invalid, "300wlp")
-        super().__init__(index, root, image_size, crop_rule, train, seed)
+        super().__init__(index, root, image_size, crop_rule, train, seed, reduced_decode)

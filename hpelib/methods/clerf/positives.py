@@ -15,7 +15,8 @@ Pieces:
   :class:`SyntheticPositiveSource` (hpelib's procedural heads, the default; exact yaw/pitch)
   and :class:`FolderPositiveSource` (pre-generated images, e.g. PanoHead output, listed in a
   CSV with ``path, yaw, pitch`` in degrees, CLERF convention; the nearest pose is used and
-  the positive keeps its own exact label).
+  the positive keeps its own exact label) and :class:`RealFacePositiveSource` (real faces
+  de-rolled in-plane; the nearest yaw/pitch is used, exact own label).
 * :class:`AnchorPositiveDataset`: wraps any training dataset and adds ``item["positive"]``
   (collated into the nested sub-batch ``batch["positive"]``).
 * :class:`SharedGeometricAugmentation`: ONE random warp per anchor, applied to the anchor
@@ -68,6 +69,7 @@ __all__ = [
     "CLERFPhotometric",
     "FolderPositiveSource",
     "PositiveSource",
+    "RealFacePositiveSource",
     "SharedGeometricAugmentation",
     "SyntheticPositiveSource",
     "make_positives",
@@ -208,21 +210,90 @@ class FolderPositiveSource(PositiveSource):
             return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 
     def render(self, rotations_yp: Tensor, generator: torch.Generator) -> Batch:
-        table = self.rotations
-        dist = geodesic_distance(
-            rotations_yp.float()[:, None].expand(-1, len(table), 3, 3), table[None].expand(len(rotations_yp), -1, 3, 3)
-        )
-        k = min(self.candidates, len(table))
-        near_d, near = dist.topk(k, dim=1, largest=False)
-        if bool((near_d[:, 0] > self.max_distance).any()):
+        rows, nearest = draw_nearest(rotations_yp, self.rotations, self.candidates, generator)
+        if bool((nearest > self.max_distance).any()):
             raise ValueError(
                 f"no positive within max_distance_deg={math.degrees(self.max_distance):.1f} of "
-                f"a requested pose (worst nearest: {math.degrees(float(near_d[:, 0].max())):.1f} deg)"
+                f"a requested pose (worst nearest: {math.degrees(float(nearest.max())):.1f} deg)"
             )
-        pick = torch.randint(0, k, (len(rotations_yp),), generator=generator)
-        rows = near[torch.arange(len(near)), pick]
         images = torch.stack([self._load(int(i)) for i in rows])
-        return {"image": images, "rotation": table[rows].clone()}
+        return {"image": images, "rotation": self.rotations[rows].clone()}
+
+
+def draw_nearest(
+    query: Tensor, table: Tensor, candidates: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """For each ``query (B, 3, 3)`` rotation, one row of ``table (N, 3, 3)`` drawn uniformly
+    among its ``candidates`` nearest (geodesic distance).
+
+    Returns:
+        ``(rows (B,) int64, nearest (B,))``: the drawn rows and each query's distance to its
+        nearest row (radians).
+    """
+    query = query.float().cpu()
+    dist = geodesic_distance(
+        query[:, None].expand(-1, len(table), 3, 3), table[None].expand(len(query), -1, 3, 3)
+    )
+    k = min(int(candidates), len(table))
+    near_d, near = dist.topk(k, dim=1, largest=False)
+    pick = torch.randint(0, k, (len(query),), generator=generator)
+    return near[torch.arange(len(near)), pick], near_d[:, 0]
+
+
+class RealFacePositiveSource(PositiveSource):
+    """CLERF positives from real faces, de-rolled by an in-plane rotation.
+
+    Every face ``j`` of ``dataset`` (label ``R_j = Rz(roll_j) R_yp_j``) is rotated in-plane
+    once by its roll, which gives an image labelled exactly ``R_yp_j``: zero roll, the same
+    yaw and pitch (the paper's Corollary 3.1.1: an in-plane rotation changes only the roll of
+    CLERF's decomposition). :meth:`render` returns, for each requested zero-roll pose, one
+    of the ``candidates`` de-rolled faces nearest to it with its own exact label;
+    :func:`make_positives` then rolls it to the anchor's roll.
+
+    This stands in for the paper's PanoHead renders where none are at hand: the positive is
+    another real face at the nearest available yaw and pitch, so its label is the anchor's
+    up to that gap (small for a dense pose distribution, large at rare poses), and with few
+    faces it may be the anchor itself.
+
+    Args:
+        dataset: the faces (a dataset or spec; items ``{"image" (3, S, S) uint8,
+            "rotation" (3, 3)}``), usually the training faces at the evaluation crop. Read
+            once, into memory.
+        candidates: draw among this many nearest faces (> 1, so a face is not always its
+            own positive).
+    """
+
+    def __init__(self, dataset: Dataset | Mapping[str, Any], candidates: int = 4) -> None:
+        dataset = build_dataset_from_spec(dataset)
+        n = len(dataset)  # type: ignore[arg-type]
+        if n == 0:
+            raise ValueError("RealFacePositiveSource: the dataset is empty")
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        items = [dataset[i] for i in range(n)]
+        images = torch.stack([it["image"] for it in items])
+        rotations = torch.stack([it["rotation"] for it in items]).float()
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"RealFacePositiveSource: items must hold (3, S, S) uint8 images, got "
+                f"{images.dtype} {tuple(images.shape[1:])}"
+            )
+        r_yp, roll = split_roll(rotations)
+        b, _, h, w = images.shape
+        # R = Rz(roll) R_yp and make_positives rolls by ImageWarp.rotation(-roll): undo it.
+        warp = ImageWarp.rotation(roll.double(), image_center(h, w, b, torch.float64))
+        moved = apply_warp({"image": images.float() / 255.0, "rotation": rotations}, warp)
+        self.images = (moved["image"] * 255.0).round().clamp(0, 255).to(torch.uint8)
+        self.rotations = moved["rotation"]
+        self.candidates = int(candidates)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def render(self, rotations_yp: Tensor, generator: torch.Generator) -> Batch:
+        """``rotations_yp (B, 3, 3)`` -> ``{"image" (B, 3, S, S) uint8, "rotation" (B, 3, 3)}``."""
+        rows, _ = draw_nearest(rotations_yp, self.rotations, self.candidates, generator)
+        return {"image": self.images[rows], "rotation": self.rotations[rows].clone()}
 
 
 def make_positives(

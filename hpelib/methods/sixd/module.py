@@ -65,6 +65,11 @@ class SixD(HPEModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "checkpoint_path"])
         if loss not in _LOSSES:
             raise ValueError(f"unknown SixD loss {loss!r}; choose one of {list(SIXD_LOSSES)}")
+        if loss == "raw_mse" and representation not in ("6d", "9d"):
+            # raw_mse compares the raw output with the label's 6D/9D form in hpelib's frame.
+            raise ValueError(
+                f"SixD loss 'raw_mse' needs representation '6d' or '9d', not {representation!r}"
+            )
         self.loss_name = loss
         self.loss_input, self.rotation_loss = _LOSSES[loss]
         self.model = SixDNet(backbone, pretrained, backbone_weights, backbone_kwargs, representation)
