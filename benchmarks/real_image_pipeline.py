@@ -48,12 +48,12 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aflw_dev_plain_loop import DEFAULT_ROOT  # noqa: E402
+from real_faces import HALF_RESNET10  # noqa: E402
 
 from hpelib.data.datasets import AFLW2000  # noqa: E402
 from hpelib.data.datasets.base import decode_image, decode_image_for_crop  # noqa: E402
 from hpelib.methods import SixD  # noqa: E402
 
-HALF_RESNET10 = {"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256]}
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
@@ -116,7 +116,7 @@ def sixdrepnet_item(path: Path, transform: Callable, rng: np.random.Generator) -
 def step_ms(size: int, batch: int, steps: int) -> float:
     """Median milliseconds of one SixD training step on random inputs (no data loading)."""
     torch.manual_seed(0)
-    model = SixD(backbone="resnet18", pretrained=False, backbone_kwargs=HALF_RESNET10)
+    model = SixD(backbone="resnet18", pretrained=False, backbone_kwargs=dict(HALF_RESNET10))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = {

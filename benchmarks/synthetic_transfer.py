@@ -36,6 +36,7 @@ from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aflw_dev_plain_loop import DEFAULT_ROOT  # noqa: E402
+from real_faces import HALF_RESNET10  # noqa: E402
 
 from hpelib.data.datamodule import HPEDataModule  # noqa: E402
 from hpelib.data.datasets import AFLW2000  # noqa: E402
@@ -45,8 +46,6 @@ from hpelib.data.synthetic import PRESETS, SyntheticHeads  # noqa: E402
 from hpelib.methods import SixD  # noqa: E402
 from hpelib.metrics import pose_errors  # noqa: E402
 from hpelib.rotation import rotation_to_euler  # noqa: E402
-
-HALF_RESNET10 = {"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256]}
 
 
 def train(dataset: Dataset, args: argparse.Namespace) -> tuple[SixD, HPEDataModule]:

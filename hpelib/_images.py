@@ -83,3 +83,23 @@ def _to_float_chw(image: Any, what: str = "image") -> Tensor:
             f"{what} must be uint8 0-255 or float in [0, 1], got {dtype} values in [{lo:g}, {hi:g}]"
         )
     return image
+
+
+def _to_uint8_hwc(image: Any, what: str = "image") -> np.ndarray:
+    """Any image :func:`_to_float_chw` accepts -> contiguous ``(H, W, 3)`` uint8 RGB (what
+    MediaPipe takes). uint8 inputs (files, PIL, arrays, tensors) skip the float round trip,
+    which costs more than Face Mesh itself; the result is the same either way."""
+    if isinstance(image, str | Path):
+        image = _read_image(image)
+    if isinstance(image, Image.Image):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
+        if image.shape[2] == 3:
+            return np.ascontiguousarray(image)
+    if isinstance(image, Tensor) and image.dtype == torch.uint8 and image.ndim == 3:
+        if image.shape[0] in (1, 3) and image.shape[1] > 0 and image.shape[2] > 0:
+            return np.ascontiguousarray(image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy())
+    chw = _to_float_chw(image, what)
+    return np.ascontiguousarray(
+        (chw.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    )

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpelib._images import _to_float_chw
+from hpelib._images import _to_uint8_hwc
 from hpelib.data.datasets.base import CropRule, crop_rule_6drepnet, crop_rule_tight
 
 __all__ = [
@@ -183,21 +183,6 @@ def bundled_model_path() -> Path:
         f"mediapipe {getattr(mp, '__version__', '?')} ships no {_MODEL_FILE} (releases after "
         f"{_MEDIAPIPE_VERSION} dropped the bundled models): {DETECT_EXTRA}, or pass "
         "model_path= a local BlazeFace short-range .tflite file"
-    )
-
-
-def _to_uint8_hwc(image: Any) -> np.ndarray:
-    """Any image accepted by the predictor -> contiguous ``(H, W, 3)`` uint8 RGB."""
-    if (
-        isinstance(image, np.ndarray)
-        and image.dtype == np.uint8
-        and image.ndim == 3
-        and image.shape[2] == 3
-    ):
-        return np.ascontiguousarray(image)
-    chw = _to_float_chw(image)
-    return np.ascontiguousarray(
-        (chw.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     )
 
 

@@ -35,7 +35,7 @@ from kornia.color import rgb_to_grayscale
 from PIL import Image
 from torch import Tensor
 
-from hpelib._images import _read_image, _to_float_chw
+from hpelib._images import _read_image, _to_float_chw, _to_uint8_hwc
 from hpelib.checkpoint_io import checkpoint_preprocessing, read_checkpoint
 from hpelib.rotation import ImageWarp, euler_names, rotation_to_euler
 
@@ -191,7 +191,6 @@ def _resolve_detector(detector: DetectorArg) -> Callable[[np.ndarray], Any]:
 
 def _detect(image: Tensor, detector: Callable[[np.ndarray], Any]) -> np.ndarray:
     """``(N, 4)`` float boxes of the faces in a ``(3, H, W)`` float image."""
-    from hpelib.detect import _to_uint8_hwc
 
     boxes = detector(_to_uint8_hwc(image.cpu()))
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

@@ -38,7 +38,6 @@ import importlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +46,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from hpelib._images import _read_image, _to_float_chw
+from hpelib._images import _to_uint8_hwc
 from hpelib.predict import PosePrediction, _box_tensor, _check_inside, _items, _square_boxes
 from hpelib.rotation import euler_names, rotation_to_euler
 
@@ -161,25 +160,6 @@ def _import_face_mesh() -> Any:
     from mediapipe.python.solutions import face_mesh
 
     return face_mesh
-
-
-def _to_uint8_hwc(image: Any, what: str = "image") -> np.ndarray:
-    """Any image the predictor accepts -> contiguous ``(H, W, 3)`` uint8 RGB. uint8 inputs
-    (files, PIL, arrays, tensors) skip the float round trip: it cost more than Face Mesh."""
-    if isinstance(image, str | Path):
-        image = _read_image(image)
-    if isinstance(image, Image.Image):
-        return np.ascontiguousarray(np.asarray(image.convert("RGB")))
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
-        if image.shape[2] == 3:
-            return np.ascontiguousarray(image)
-    if isinstance(image, Tensor) and image.dtype == torch.uint8 and image.ndim == 3:
-        if image.shape[0] in (1, 3) and image.shape[1] > 0 and image.shape[2] > 0:
-            return np.ascontiguousarray(image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy())
-    chw = _to_float_chw(image, what)
-    return np.ascontiguousarray(
-        (chw.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    )
 
 
 class FaceMeshLandmarker:
