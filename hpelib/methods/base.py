@@ -31,7 +31,7 @@ from hpelib.metrics import PoseMetrics
 from hpelib.metrics.pose import predicted_euler
 from hpelib.plugins import AtomicCheckpointIO
 from hpelib.rotation import euler_names, rotation_to_euler
-from hpelib.specs import evaluation_crop, first_spec
+from hpelib.specs import evaluation_crop, first_spec, qualified_name
 
 __all__ = [
     "HPEModule",
@@ -181,7 +181,7 @@ class HPEModule(LightningModule):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _METHODS[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        _METHODS[qualified_name(cls)] = cls
 
     def __init__(
         self,
@@ -359,7 +359,7 @@ class HPEModule(LightningModule):
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lets ``hpelib.load(path)`` rebuild the right class without being told.
-        checkpoint["hpelib_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["hpelib_class_path"] = qualified_name(type(self))
         record = self.preprocessing_record()
         if record is not None:
             checkpoint[PREPROCESSING_KEY] = record

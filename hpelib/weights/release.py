@@ -28,6 +28,7 @@ from hpelib.checkpoint_io import (
     atomic_torch_save,
     read_checkpoint,
 )
+from hpelib.specs import qualified_name
 
 __all__ = [
     "CONVERTED_FROM_KEY",
@@ -202,7 +203,6 @@ def write_converted_checkpoint(
         raise ConversionError(
             f"output {str(output)!r} is the released file itself; give another name"
         )
-    cls = type(module)
     record = {key: release.preprocessing.get(key) for key in PREPROCESSING_FIELDS}
     checkpoint = {
         "epoch": 0,
@@ -211,7 +211,7 @@ def write_converted_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
         "hparams_name": "kwargs",
         "hyper_parameters": dict(module.hparams),
-        "hpelib_class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "hpelib_class_path": qualified_name(type(module)),
         PREPROCESSING_KEY: record,
         CONVERTED_FROM_KEY: {
             "release": release.name,
