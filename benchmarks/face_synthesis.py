@@ -1,6 +1,6 @@
 """Throughput of out-of-plane face synthesis (:mod:`hpelib.data.synthesis`) on real faces.
 
-Usage: ``python benchmarks/face_synthesis.py [--root /data/AFLW2000] [--sizes 64 128]
+Usage: ``python benchmarks/face_synthesis.py --root /data/AFLW2000 [--sizes 64 128]
 [--n 200] [--workers 2]``. Prints a Markdown table per image size:
 
 * ``synthesize_view``: mesh + z-buffer render + labels of one new view, on already decoded
@@ -69,7 +69,7 @@ def loader_rate(views: OutOfPlaneViews, n: int, workers: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default="/work/shared/data/AFLW2000-dev")
+    ap.add_argument("--root", required=True, help="an AFLW2000 folder")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--n", type=int, default=200, help="images per measurement")
     ap.add_argument("--workers", type=int, default=2)

@@ -15,7 +15,7 @@ directions on synthetic heads (:mod:`hpelib.data.synthetic`, 300W-LP-like "front
    ``mse_form: per_branch``); MSE-only variants use ``ranking_weight = 0`` (both images of
    each pair still count in the MSE, so the only difference is the ranking term);
    ``--mse-form summed_angles --mse-weight 0.5 --ranking-weight 0.5`` gives the
-   ``beta = 0.5`` form some older tables on the docs page were measured with;
+   ``beta = 0.5`` form of the longer-training table on the docs page;
 3. test MAE (mean of yaw/pitch/roll, degrees) and geodesic error (degrees), and the share
    of test labels the trained output layer can produce at all (``representable %``: one
    unit feature's cosines fill an ellipsoid, so the bounded layers cannot give some angle

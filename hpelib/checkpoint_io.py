@@ -217,7 +217,8 @@ def read_checkpoint(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist{where}")
     if path.stat().st_size == 0:
         raise CheckpointReadError(f"{what} {str(path)!r} is empty (0 bytes)")
     trusted = trust_checkpoint_enabled(trust_checkpoint)

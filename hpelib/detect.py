@@ -56,10 +56,13 @@ __all__ = [
     "bundled_model_path",
     "crop_boxes_from_detections",
     "detect_faces",
+    "import_mediapipe",
     "landmark_boxes_from_detections",
+    "mediapipe_unavailable_reason",
 ]
 
-#: What to install for :func:`detect_faces`.
+#: What to install for :func:`detect_faces` and the Face Mesh baseline (the mediapipe wheel
+#: bundles their models).
 DETECT_EXTRA = 'pip install "hpelib[detect]"'
 _MEDIAPIPE_VERSION = "0.10.14"
 _MODEL_FILE = "face_detection_short_range.tflite"
@@ -156,22 +159,42 @@ def crop_boxes_from_detections(
 
 
 # ----------------------------------------------------------------------------- detector
-def _import_mediapipe() -> Any:
+def mediapipe_unavailable_reason() -> str | None:
+    """Why MediaPipe cannot run here (``None``: it can): not installed, or a protobuf too new
+    for mediapipe 0.10.14, which needs ``protobuf<5`` (onnx 1.23 and tensorboard 2.21 need
+    ``>=6.31``, so installing them after mediapipe upgrades protobuf under it and mediapipe
+    then fails deep inside its own import)."""
+    try:
+        importlib.import_module("mediapipe")
+    except ImportError:
+        return f"MediaPipe {_MEDIAPIPE_VERSION} is not installed: {DETECT_EXTRA}"
+    from google.protobuf import __version__ as protobuf_version
+
+    if int(protobuf_version.split(".")[0]) >= 5:
+        return (
+            f"mediapipe {_MEDIAPIPE_VERSION} needs protobuf<5, but protobuf {protobuf_version} "
+            "is installed (onnx 1.23 and tensorboard 2.21 pull protobuf>=6.31): install both in "
+            'one command, e.g. pip install "hpelib[dev,detect]" (pip then picks onnx 1.22, '
+            "tensorboard 2.20, protobuf 4.25)"
+        )
+    return None
+
+
+def import_mediapipe(purpose: str) -> Any:
+    """The ``mediapipe`` module, or an :class:`ImportError` saying why ``purpose`` (e.g. "the
+    face detector") cannot run (:func:`mediapipe_unavailable_reason`)."""
     # MediaPipe's C++ logging is chatty (one line per graph); keep warnings and errors only,
     # unless the user chose a level.
     os.environ.setdefault("GLOG_minloglevel", "2")
-    try:
-        return importlib.import_module("mediapipe")
-    except ImportError as err:
-        raise ImportError(
-            f"the face detector needs MediaPipe {_MEDIAPIPE_VERSION}, whose wheel bundles the "
-            f"BlazeFace model: {DETECT_EXTRA}"
-        ) from err
+    reason = mediapipe_unavailable_reason()
+    if reason is not None:
+        raise ImportError(f"{purpose} cannot run: {reason}")
+    return importlib.import_module("mediapipe")
 
 
 def bundled_model_path() -> Path:
     """Path of the BlazeFace short-range ``.tflite`` inside the installed mediapipe package."""
-    mp = _import_mediapipe()
+    mp = import_mediapipe("the face detector")
     root = Path(mp.__file__).parent
     path = root / "modules" / "face_detection" / _MODEL_FILE
     if path.is_file():
@@ -199,7 +222,7 @@ class FaceDetector:
     def __init__(self, min_confidence: float = 0.5, model_path: str | Path | None = None) -> None:
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
-        self._mp = _import_mediapipe()
+        self._mp = import_mediapipe("the face detector")
         from mediapipe.tasks.python import BaseOptions, vision
 
         path = Path(model_path) if model_path is not None else bundled_model_path()

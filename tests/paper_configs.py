@@ -1,11 +1,12 @@
-"""Run a paper-reproduction config (``examples/*_paper.yaml``) for a few steps on the real
-fixtures in ``../shared/data``.
+"""Run a paper-reproduction config (``examples/*_paper.yaml`` and 6DRepNet's
+``examples/sixd_300wlp.yaml``) for a few steps on the real fixtures in ``../shared/data``.
 
 The config is read as written; only what a small CPU run must change is rewritten:
 
 * dataset roots: 300W-LP -> a ``300W_LP`` tree of copies of the one real fixture sample
   (each copy a different identity, with a ``landmarks/`` file as the release has),
   AFLW2000 -> ``AFLW2000-dev`` (979 real faces), BIWI raw -> the one real BIWI frame,
+  FSA-Net's BIWI ``.npz`` -> one written from AFLW2000-dev faces in that format,
   ``FolderPositiveSource`` -> a CSV of AFLW2000-dev faces with their CLERF yaw/pitch;
 * every ``pretrained`` -> ``false`` and every ``backbone_weights`` -> ``null`` (no
   downloads here), batch size 2, no workers;
@@ -41,6 +42,7 @@ EXAMPLES = ROOT / "examples"
 _W300LP = {"300wlp", "300w_lp", "w300lp", "Pose300WLP"}
 _AFLW = {"aflw2000", "aflw2000_3d", "aflw", "AFLW2000"}
 _BIWI_RAW = {"biwi", "biwi_raw", "hpdb", "BIWIRaw"}
+_BIWI_NPZ = {"biwi_npz", "fsanet_biwi", "BIWINpz"}
 
 #: Backbone and input size of the small variant (``fixture_config(..., small=True)``).
 SMALL_BACKBONE = "test_resnet"
@@ -52,8 +54,32 @@ W300LP_COPIES = 12
 
 
 def paper_config_paths() -> list[Path]:
-    """Every ``examples/*_paper*.yaml``."""
-    return sorted(EXAMPLES.glob("*_paper*.yaml"))
+    """Every ``examples/*_paper*.yaml``, and ``examples/sixd_300wlp.yaml`` (6DRepNet's)."""
+    return sorted([*EXAMPLES.glob("*_paper*.yaml"), EXAMPLES / "sixd_300wlp.yaml"])
+
+
+def build_biwi_npz(shared: Path, out: Path, count: int = 12) -> Path:
+    """FSA-Net's BIWI ``.npz`` layout (BGR ``image`` (N, 64, 64, 3) uint8, ``pose`` (N, 3)
+    yaw/pitch/roll in degrees) holding the first ``count`` AFLW2000-dev images with their
+    labels (HopeNet's ``Pose_Para`` order pitch, yaw, roll in radians) and every angle within
+    99 degrees, as FSA-Net's file holds."""
+    from PIL import Image
+
+    root = shared / "data" / "AFLW2000-dev"
+    images, poses = [], []
+    for jpg in sorted(root.glob("*.jpg")):
+        pitch, yaw, roll = scipy.io.loadmat(jpg.with_suffix(".mat"))["Pose_Para"][0, :3]
+        pose = np.degrees([yaw, pitch, roll])
+        if np.abs(pose).max() > 99:
+            continue
+        rgb = np.asarray(Image.open(jpg).convert("RGB").resize((64, 64)))
+        images.append(rgb[..., ::-1])
+        poses.append(pose)
+        if len(poses) == count:
+            break
+    path = out / "BIWI_noTrack.npz"
+    np.savez(path, image=np.stack(images), pose=np.asarray(poses))
+    return path
 
 
 def build_300wlp_tree(shared: Path, out: Path, copies: int = W300LP_COPIES) -> Path:
@@ -111,6 +137,7 @@ class _Fixtures:
         self.tmp = tmp
         self._w300lp: Path | None = None
         self._positives: Path | None = None
+        self._biwi_npz: Path | None = None
 
     def w300lp(self) -> Path:
         if self._w300lp is None:
@@ -122,6 +149,11 @@ class _Fixtures:
 
     def biwi_raw(self) -> Path:
         return self.shared / "data" / "fixtures" / "BIWI"
+
+    def biwi_npz(self) -> Path:
+        if self._biwi_npz is None:
+            self._biwi_npz = build_biwi_npz(self.shared, self.tmp)
+        return self._biwi_npz
 
     def positives(self) -> Path:
         if self._positives is None:
@@ -157,7 +189,7 @@ def _remap(node: Any, fixtures: _Fixtures, small: bool) -> Any:
     if node.get("backbone_weights") not in (None, "") and "backbone" in node:
         node["backbone_weights"] = None
     kind = None
-    if "name" in node and "root" in node:
+    if "name" in node and ("root" in node or "path" in node):
         kind = str(node["name"]).lower().replace("-", "_")
         target = node
     elif "class_path" in node and isinstance(node.get("init_args"), dict):
@@ -165,7 +197,9 @@ def _remap(node: Any, fixtures: _Fixtures, small: bool) -> Any:
         target = node["init_args"]
         if kind == "FolderPositiveSource" and "csv" in target:
             target["csv"] = str(fixtures.positives())
-    if kind is not None and "root" in target:
+    if kind in _BIWI_NPZ and "path" in target:
+        target["path"] = str(fixtures.biwi_npz())  # one file, no index cache
+    elif kind is not None and "root" in target:
         root = _root_for(kind, fixtures)
         if root is None:
             raise AssertionError(f"the paper-config harness has no fixture for dataset {kind!r}")

@@ -4,7 +4,7 @@ Each row: the source crop (its label's axes drawn), then four synthesised views 
 head towards profile in equal steps up to 90 degrees of yaw (the 300W-LP recipe), each with
 the axes of its exact label and its visible landmarks (green). Needs the AFLW2000-dev copy
 (``--root``). Run from the repository root:
-``python docs/scripts/make_face_synthesis_grid.py --root /work/shared/data/AFLW2000-dev``.
+``python docs/scripts/make_face_synthesis_grid.py --root /path/to/AFLW2000``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _views(sample: dict) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="/work/shared/data/AFLW2000-dev")
+    parser.add_argument("--root", required=True, help="an AFLW2000 folder")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     ds = AFLW2000(args.root, image_size=SIZE, box_source="pt3d_68")

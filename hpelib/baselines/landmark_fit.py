@@ -34,7 +34,6 @@ only, and on every face with the misses scored as the frontal pose (identity).
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,11 +46,11 @@ from PIL import Image
 from torch import Tensor
 
 from hpelib._images import _to_uint8_hwc
+from hpelib.detect import import_mediapipe
 from hpelib.predict import PosePrediction, _box_tensor, _check_inside, _items, _square_boxes
 from hpelib.rotation import euler_names, rotation_to_euler
 
 __all__ = [
-    "DETECT_EXTRA",
     "FACEMESH_NUM_LANDMARKS",
     "FaceMeshLandmarker",
     "FaceMeshPosePredictor",
@@ -59,14 +58,10 @@ __all__ = [
     "canonical_face_shape",
     "derive_canonical_shape",
     "facemesh_dataset_rotations",
-    "facemesh_unavailable_reason",
     "normalize_points",
     "rigid_fit_rotation",
 ]
 
-#: What to install for the Face Mesh baseline (the wheel bundles the models).
-DETECT_EXTRA = 'pip install "hpelib[detect]"'
-_MEDIAPIPE_VERSION = "0.10.14"
 
 #: Face Mesh points without the iris refinement.
 FACEMESH_NUM_LANDMARKS = 468
@@ -130,33 +125,8 @@ def canonical_face_shape() -> Tensor:
 
 
 # ----------------------------------------------------------------------------- mediapipe
-def facemesh_unavailable_reason() -> str | None:
-    """Why Face Mesh cannot run here (``None``: it can): mediapipe missing, or a protobuf
-    too new for mediapipe 0.10.14 (it needs ``protobuf<5``; onnx 1.23 and tensorboard 2.21
-    need ``>=6.31``, so installing them after mediapipe upgrades protobuf under it)."""
-    try:
-        importlib.import_module("mediapipe")
-    except ImportError:
-        return f"mediapipe is not installed: {DETECT_EXTRA}"
-    from google.protobuf import __version__ as protobuf_version
-
-    if int(protobuf_version.split(".")[0]) >= 5:
-        return (
-            f"mediapipe {_MEDIAPIPE_VERSION} needs protobuf<5, but protobuf {protobuf_version} "
-            "is installed (onnx 1.23 and tensorboard 2.21 pull protobuf>=6.31): install both in "
-            'one command, e.g. pip install "hpelib[dev,detect]" (pip then picks onnx 1.22, '
-            "tensorboard 2.20, protobuf 4.25)"
-        )
-    return None
-
-
 def _import_face_mesh() -> Any:
-    # MediaPipe's C++ logging prints a line per graph; keep warnings and errors unless the
-    # user chose a level.
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    reason = facemesh_unavailable_reason()
-    if reason is not None:
-        raise ImportError(f"the Face Mesh landmark baseline cannot run: {reason}")
+    import_mediapipe("the Face Mesh landmark baseline")
     from mediapipe.python.solutions import face_mesh
 
     return face_mesh

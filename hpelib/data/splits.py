@@ -91,7 +91,21 @@ def split_indices(
     return train_item.nonzero()[:, 0], (~train_item).nonzero()[:, 0]
 
 
-class SplitDataset(Dataset):
+class _IndexedSubset(Dataset):
+    """Items ``dataset[indices[i]]`` (torch's ``Subset`` would hand the wrapped dataset 0-d
+    tensors instead of ints)."""
+
+    dataset: Dataset
+    indices: Tensor
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[int(self.indices[index])]
+
+
+class SplitDataset(_IndexedSubset):
     """One part of a seeded train/validation split of ``dataset`` (see the module docstring).
 
     Args:
@@ -143,12 +157,6 @@ class SplitDataset(Dataset):
         self.identities = ids[self.indices]
         self.name = f"{getattr(self.dataset, 'name', type(self.dataset).__name__)}_{part}"
 
-    def __len__(self) -> int:
-        return int(self.indices.numel())
-
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[int(self.indices[index])]
-
 
 def kfold_indices(n: int, k: int = 5, seed: int = 0) -> list[Tensor]:
     """``k`` disjoint folds covering ``range(n)``: fold ``f`` holds the items at positions
@@ -164,7 +172,7 @@ def kfold_indices(n: int, k: int = 5, seed: int = 0) -> list[Tensor]:
     return [order[f::k].sort().values for f in range(k)]
 
 
-class FoldDataset(Dataset):
+class FoldDataset(_IndexedSubset):
     """One part of a seeded k-fold split of ``dataset``: ``"test"`` = fold ``fold``,
     ``"train"`` = every other fold (:func:`kfold_indices`; items, not identities, are split,
     so use it on sets with one image per person such as AFLW2000).
@@ -206,9 +214,3 @@ class FoldDataset(Dataset):
         self.name = (
             f"{getattr(self.dataset, 'name', type(self.dataset).__name__)}_fold{fold}_{part}"
         )
-
-    def __len__(self) -> int:
-        return int(self.indices.numel())
-
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[int(self.indices[index])]

@@ -18,10 +18,10 @@ from hpelib.baselines.landmark_fit import (
     FaceMeshPosePredictor,
     canonical_face_shape,
     facemesh_dataset_rotations,
-    facemesh_unavailable_reason,
     normalize_points,
     rigid_fit_rotation,
 )
+from hpelib.detect import mediapipe_unavailable_reason
 from hpelib.rotation import geodesic_distance
 
 AFLW_DEV = "data/AFLW2000-dev"
@@ -65,7 +65,7 @@ def test_canonical_shape_is_an_upright_frontal_face_in_hpelib_axes():
 
 def test_missing_mediapipe_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
-    assert "hpelib[detect]" in facemesh_unavailable_reason()
+    assert "hpelib[detect]" in mediapipe_unavailable_reason()
     with pytest.raises(ImportError, match=r'pip install "hpelib\[detect\]"'):
         FaceMeshPosePredictor()
 
@@ -98,7 +98,7 @@ def test_evaluate_baseline_without_mediapipe_stops_before_any_work(tmp_path, mon
 # ----------------------------------------------------------------------------- real faces
 @pytest.fixture
 def facemesh():
-    reason = facemesh_unavailable_reason()
+    reason = mediapipe_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
 

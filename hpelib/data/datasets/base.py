@@ -27,10 +27,11 @@ centre and size in the sample are in CROP pixels (after the resize to ``image_si
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -357,15 +358,22 @@ def apply_invalid_policy(
 
 
 # ------------------------------------------------------------------------- image helpers
+@contextlib.contextmanager
+def _naming_undecodable(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn PIL's errors for a missing, corrupt or truncated file into a
+    :class:`DatasetError` naming it (PIL would otherwise fail lazily, far from the cause)."""
+    try:
+        yield
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot decode image {path}: {err}") from err
+
+
 def decode_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image file fully decoded as RGB; a missing/corrupt/truncated file raises
     :class:`DatasetError` naming it (PIL would otherwise fail lazily, far from the cause)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot decode image {path}: {err}") from err
+    with _naming_undecodable(path), Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
 
 
 def jpeg_reduction(crop: np.ndarray, size: int) -> int:
@@ -400,21 +408,18 @@ def decode_image_for_crop(
     (``benchmarks/real_image_pipeline.py``). A missing or corrupt file raises
     :class:`DatasetError` naming it.
     """
-    try:
-        with Image.open(path) as img:
-            full_wh = img.size
-            crop = crop_of(full_wh)
-            scale = 1.0
-            r = jpeg_reduction(crop, size)
-            if r > 1 and img.format == "JPEG":
-                # W // r (not ceil): draft picks the reduction from W // requested width.
-                drafted = img.draft("RGB", (full_wh[0] // r, full_wh[1] // r))
-                if drafted is not None:
-                    scale = drafted[1][2] / full_wh[0]
-            img.load()
-            return img.convert("RGB"), crop, scale
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot decode image {path}: {err}") from err
+    with _naming_undecodable(path), Image.open(path) as img:
+        full_wh = img.size
+        crop = crop_of(full_wh)
+        scale = 1.0
+        r = jpeg_reduction(crop, size)
+        if r > 1 and img.format == "JPEG":
+            # W // r (not ceil): draft picks the reduction from W // requested width.
+            drafted = img.draft("RGB", (full_wh[0] // r, full_wh[1] // r))
+            if drafted is not None:
+                scale = drafted[1][2] / full_wh[0]
+        img.load()
+        return img.convert("RGB"), crop, scale
 
 
 def resize_crop(img: Image.Image, crop: np.ndarray, size: int, scale: float = 1.0) -> Image.Image:

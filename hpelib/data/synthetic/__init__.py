@@ -25,9 +25,9 @@ from hpelib.data.synthetic.head import (
     OCCLUDER_KINDS,
     HeadPrimitives,
     build_head,
-    head_landmarks,
     sample_identity_params,
 )
+from hpelib.data.synthetic.landmarks import head_landmarks
 from hpelib.data.synthetic.render import (
     CAMERAS,
     FRONTAL_RANGES_DEG,

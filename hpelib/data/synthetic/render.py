@@ -50,8 +50,8 @@ from hpelib.data.synthetic.head import (
     MATERIAL_SKULL,
     OCCLUDER_KINDS,
     build_head,
-    head_landmarks,
 )
+from hpelib.data.synthetic.landmarks import head_landmarks
 from hpelib.data.synthetic.raycast import (
     _backgrounds,
     _cast,

@@ -274,9 +274,10 @@ def synthetic_keypoint_model(
     num_components: int = 10, num_identities: int = 512, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """PCA keypoint model of the synthetic generator's 68 landmarks
-    (:func:`hpelib.data.synthetic.head.head_landmarks`) over ``num_identities`` random
+    (:func:`hpelib.data.synthetic.landmarks.head_landmarks`) over ``num_identities`` random
     identities (neutral expression), in head-radius units (landmarks / (scale / 2))."""
-    from hpelib.data.synthetic.head import build_head, head_landmarks, sample_identity_params
+    from hpelib.data.synthetic.head import build_head, sample_identity_params
+    from hpelib.data.synthetic.landmarks import head_landmarks
 
     params = sample_identity_params(torch.arange(num_identities), seed=seed)
     prims = build_head(params)

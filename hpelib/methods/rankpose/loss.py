@@ -113,9 +113,8 @@ def rankpose_loss(
     * ``"summed_angles"``: squared error summed over the three angles, averaged over all
       images of both branches, i.e. ``(MSE(p1, y1) + MSE(p2, y2)) * 3 / 2``. With
       ``mse_weight = beta``, ``ranking_weight = 1 - beta`` it is the
-      ``beta * L_MSE + (1 - beta) * L_ranking`` form (``beta = 0.5``) that several
-      benchmark tables of docs/methods/rankpose.md were measured with; kept to reproduce
-      them.
+      ``beta * L_MSE + (1 - beta) * L_ranking`` form (``beta = 0.5``); the longer-training
+      table of docs/methods/rankpose.md is measured with it.
 
     Without a second image (``pred2 is None``: validation/test batches) only
     ``mse_weight * MSE(p1, y1)`` (the form's one-branch MSE) is returned.

@@ -46,7 +46,7 @@ class RankPose(HPEModule):
         mse_form: ``"per_branch"`` (default: ``MSE(p1, y1) + MSE(p2, y2)``, each averaged
             over pairs and angles, as the released code) or ``"summed_angles"`` (summed over
             angles, averaged over both branches' images; with weights ``beta, 1 - beta`` the
-            form several benchmark tables were measured with), see
+            form of the docs' longer-training table), see
             :func:`~hpelib.methods.rankpose.rankpose_loss`.
         margin: ranking hinge margin (in ``loss_unit``); 0 in the released code.
         rank_absolute: rank ``|p|`` like the released code instead of ``p`` (the paper's
