@@ -72,7 +72,8 @@ def build_biwi_npz(shared: Path, out: Path, count: int = 12) -> Path:
         pose = np.degrees([yaw, pitch, roll])
         if np.abs(pose).max() > 99:
             continue
-        rgb = np.asarray(Image.open(jpg).convert("RGB").resize((64, 64)))
+        with Image.open(jpg) as img:
+            rgb = np.asarray(img.convert("RGB").resize((64, 64)))
         images.append(rgb[..., ::-1])
         poses.append(pose)
         if len(poses) == count:
